@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""rnnlm against the tutorial's script (../shared/baseline/tutorial_rnnlm.py): both sides, one run, one machine.
+
+    .venv/bin/python benchmarks/compare_baseline.py [--json OUT] [--steps N] [--baseline-batches N] ...
+
+Measures, on the same corpus (the default corpus unless --data):
+- tokenize: the baseline's `tokenize:` seconds against rnnlm.data.load_corpus in a fresh process with an
+  empty cache (RNNLM_CACHE_DIR is a new temporary folder), then again from the cache;
+- train: the baseline's `train:` tokens/s against `python -m rnnlm.train --backend cudnn` (default
+  hyperparameters), steady-state tokens/s after warm-up, in fp32 and in bf16; the bf16 run counts only if its
+  validation perplexity after the same steps is within 2% of the fp32 run's;
+- generate: the baseline's `generate:` tokens/s (one sample, 500 tokens) against rnnlm's generation from the
+  fp32 run's checkpoint.
+Prints a table (metric, baseline, ours, ratio, target, pass/fail); --json OUT also saves it. The default
+budget takes about 10 minutes on a 2-core CPU; --steps and --baseline-batches trade accuracy for time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BASELINE = REPO.parent / "shared" / "baseline" / "tutorial_rnnlm.py"
+
+TARGETS = {  # metric -> (target ratio, what it means)
+    "tokenize (first run)": 1.8,
+    "train fp32": 1.6,
+    "train bf16": 2.5,
+    "generate": 5.0,
+}
+CACHED_LIMIT_S = 2.0
+PPL_TOLERANCE = 0.02
+
+
+# -- small helpers ---------------------------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], *, env: dict | None = None, timeout: float, cwd: Path = REPO) -> str:
+    """Runs cmd, returns stdout; a failure raises with the tail of stderr."""
+    log("$ " + " ".join(str(c) for c in cmd))
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=cwd)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... exited with {proc.returncode}:\n{tail}")
+    return proc.stdout
+
+
+def child_env(cache_dir: Path | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONHASHSEED", "0")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if cache_dir is not None:
+        env["RNNLM_CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+# -- the baseline ----------------------------------------------------------------------------------------------
+
+BASELINE_LINES = {
+    "tokenize_s": re.compile(r"^tokenize:\s*([0-9.]+)\s*s for (\d+) tokens", re.M),
+    "train_tokens_per_s": re.compile(r"^train:\s*([0-9.]+)\s*tokens/s over (\d+) batches", re.M),
+    "generate_tokens_per_s": re.compile(r"^generate:\s*([0-9.]+)\s*tokens/s", re.M),
+}
+
+
+def run_baseline(script: Path, corpus: Path, batches: int, timeout: float) -> dict:
+    out = run([sys.executable, script, "--data", corpus, "--max-batches", batches, "--seed", "0"],
+              env=child_env(), timeout=timeout)
+    result = {}
+    for key, pattern in BASELINE_LINES.items():
+        m = pattern.search(out)
+        if not m:
+            raise RuntimeError(f"the baseline printed no {key.split('_')[0]}: line; its output:\n{out[-2000:]}")
+        result[key] = float(m.group(1))
+        if key == "tokenize_s":
+            result["tokens"] = int(m.group(2))
+        if key == "train_tokens_per_s":
+            result["train_batches"] = int(m.group(2))
+    return result
+
+
+# -- ours: measurements that run in a fresh child process (this file with --_measure) --------------------------
+
+def measure_tokenize(corpus: str) -> dict:
+    """load_corpus in this (fresh) process: tokenizes when RNNLM_CACHE_DIR is empty, else reads the cache."""
+    from rnnlm.data import TokenizerSettings, load_corpus
+
+    t0 = time.perf_counter()
+    loaded = load_corpus(corpus, TokenizerSettings(), progress=False)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "tokens": int(len(loaded.ids)), "cached": bool(getattr(loaded, "cached", False))}
+
+
+def measure_generate(checkpoint: str, length: int, repeats: int) -> dict:
+    """rnnlm.generate.generate (prompt 你好, temperature 0.8, one sample) from the checkpoint, on the cudnn backend.
+
+    Like the baseline's timing it includes tokenizing and priming on the prompt; jieba's dictionary is loaded
+    before (the baseline had loaded it for the corpus) by a short warm-up sample.
+    """
+    import torch
+
+    from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
+    from rnnlm.generate import generate
+
+    model, vocab, settings = model_from_checkpoint(load_checkpoint(checkpoint), backend="cudnn", device="cpu")
+    generate(model, vocab, settings, "你好", 10, temperature=0.8, seed=1)  # jieba loaded, first-call set-up
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        text = generate(model, vocab, settings, "你好", length, temperature=0.8, seed=i)[0]
+        times.append(time.perf_counter() - t0)
+    return {"times": times, "tokens_per_s": length / statistics.median(times),
+            "first_tokens_per_s": length / times[0], "sample": text[:60], "threads": torch.get_num_threads()}
+
+
+def child_measure(what: str, *args: str) -> dict:
+    """Runs a measurement in a fresh process; adds its wall time (start-up and imports included)."""
+    t0 = time.perf_counter()
+    out = run([sys.executable, Path(__file__).resolve(), "--_measure", what, *args],
+              env=child_env(Path(os.environ["RNNLM_CACHE_DIR"])), timeout=1800)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+# -- ours: training through the CLI ----------------------------------------------------------------------------
+
+def train_ours(corpus: Path, out: Path, steps: int, log_every: int, skip_windows: int, precision: str,
+               cache_dir: Path) -> dict:
+    """python -m rnnlm.train --backend cudnn (defaults otherwise) for `steps` steps; steady-state tokens/s from
+    metrics.jsonl, leaving out the first `skip_windows` windows of `log_every` steps (warm-up)."""
+    cmd = [sys.executable, "-m", "rnnlm.train", "--data", corpus, "--backend", "cudnn", "--device", "cpu",
+           "--max-steps", steps, "--eval-every", steps, "--log-every", log_every, "--seed", "0",
+           "--precision", precision, "--out", out, "--no-progress", "--sample-length", "0"]
+    t0 = time.perf_counter()
+    stdout = run(cmd, env=child_env(cache_dir), timeout=3600)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    windows = [r for r in records if "tokens_per_s" in r]
+    steady = windows[skip_windows:] or windows[-1:]
+    if not steady:
+        raise RuntimeError(f"{out / 'metrics.jsonl'} has no tokens_per_s records")
+    # each window's tokens = its steps x B x T; time = tokens / rate
+    prev_step = {id(r): (windows[i - 1]["step"] if i else 0) for i, r in enumerate(windows)}
+    tokens = [(r["step"] - prev_step[id(r)]) * 64 * 20 for r in steady]
+    seconds = sum(t / r["tokens_per_s"] for t, r in zip(tokens, steady))
+    valid = [r["valid_ppl"] for r in records if "valid_ppl" in r and r["step"] == steps]
+    if not valid:
+        raise RuntimeError(f"{out / 'metrics.jsonl'} has no validation perplexity at step {steps}")
+    m = re.search(r"test perplexity:\s*([0-9.]+)", stdout)
+    return {"tokens_per_s": sum(tokens) / seconds, "steps_timed": sum(r["step"] - prev_step[id(r)] for r in steady),
+            "valid_ppl": valid[-1], "test_ppl": float(m.group(1)) if m else None, "wall_s": wall}
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+
+def row(metric: str, baseline, ours, ratio, target: str, ok: bool | None, note: str = "") -> dict:
+    return {"metric": metric, "baseline": baseline, "ours": ours, "ratio": ratio, "target": target,
+            "pass": ok, "note": note}
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("metric", "baseline", "ours", "ratio", "target", "result")
+    lines = [header]
+    for r in rows:
+        unit_spec = ",.2f" if r["metric"].startswith("tokenize") else ",.0f"
+        if r["metric"].startswith("valid ppl"):
+            unit_spec = ",.2f"
+        lines.append((r["metric"], fmt(r["baseline"], unit_spec), fmt(r["ours"], unit_spec),
+                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"],
+                      {True: "PASS", False: "FAIL", None: "-"}[r["pass"]]))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in rows:
+        if r["note"]:
+            print(f"  {r['metric']}: {r['note']}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="rnnlm against the tutorial's baseline script, in one run",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="the baseline script")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="corpus (default: rnnlm's default corpus, rnnlm.data.default_corpus_path())")
+    ap.add_argument("--baseline-batches", type=int, default=40,
+                    help="batches the baseline times (after its own 5 warm-up batches)")
+    ap.add_argument("--steps", type=int, default=300,
+                    help="training steps of each of our runs (fp32, bf16); validation perplexity compared there")
+    ap.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl window")
+    ap.add_argument("--warmup-windows", type=int, default=2,
+                    help="first metrics windows left out of our steady-state tokens/s")
+    ap.add_argument("--gen-length", type=int, default=500, help="generated words (the baseline's is 500)")
+    ap.add_argument("--gen-repeats", type=int, default=3, help="timed samples of ours (median reported)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the --precision bf16 run")
+    ap.add_argument("--keep", type=Path, default=None, help="keep our runs and caches in this folder")
+    ap.add_argument("--json", type=Path, default=None, metavar="OUT", help="also save the table as JSON")
+    ap.add_argument("--_measure", nargs="+", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._measure:
+        what, *rest = args._measure
+        if what == "tokenize":
+            result = measure_tokenize(rest[0])
+        elif what == "generate":
+            result = measure_generate(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            raise SystemExit(f"unknown measurement {what}")
+        print(json.dumps(result))
+        return 0
+
+    if not args.baseline.is_file():
+        print(f"compare_baseline: the baseline script {args.baseline} is not there (give --baseline PATH)",
+              file=sys.stderr)
+        return 2
+    work = args.keep or Path(tempfile.mkdtemp(prefix="rnnlm-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    started = time.perf_counter()
+    try:
+        if args.data is None:
+            from rnnlm.data import default_corpus_path
+
+            corpus = default_corpus_path(work / "corpus-cache")  # the plain text both sides read
+        else:
+            corpus = args.data.resolve()
+        log(f"corpus {corpus} ({corpus.stat().st_size / 1e6:.1f} MB)")
+
+        # 1. the baseline: tokenize, train, generate in one process
+        base = run_baseline(args.baseline, corpus, args.baseline_batches, timeout=3600)
+        log(f"baseline: {base}")
+
+        # 2. our tokenization: first run with an empty cache, then cached, each in a fresh process
+        cache = work / "cache"
+        if cache.exists():
+            shutil.rmtree(cache)
+        cache.mkdir()
+        os.environ["RNNLM_CACHE_DIR"] = str(cache)
+        first = child_measure("tokenize", str(corpus))
+        cached = child_measure("tokenize", str(corpus))
+        log(f"ours tokenize: first {first}, cached {cached}")
+
+        # 3. our training, fp32 then bf16, same steps and seed
+        fp32 = train_ours(corpus, work / "run-fp32", args.steps, args.log_every, args.warmup_windows, "fp32", cache)
+        log(f"ours train fp32: {fp32}")
+        bf16 = None
+        if not args.no_bf16:
+            bf16 = train_ours(corpus, work / "run-bf16", args.steps, args.log_every, args.warmup_windows, "bf16",
+                              cache)
+            log(f"ours train bf16: {bf16}")
+
+        # 4. our generation from the fp32 run's checkpoint
+        gen = child_measure("generate", str(work / "run-fp32" / "last.pt"), str(args.gen_length),
+                            str(args.gen_repeats))
+        log(f"ours generate: {gen}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows = []
+    ratio = base["tokenize_s"] / first["seconds"]
+    rows.append(row("tokenize (first run) s", base["tokenize_s"], first["seconds"], ratio, ">= 1.8x",
+                    ratio >= TARGETS["tokenize (first run)"],
+                    f"{first['tokens']:,} tokens ours, {base['tokens']:,} baseline; ratio = baseline s / ours s"))
+    rows.append(row("tokenize (cached) s", None, cached["seconds"], None, f"< {CACHED_LIMIT_S:g} s",
+                    cached["seconds"] < CACHED_LIMIT_S and cached["cached"],
+                    (f"load_corpus from the cache; the whole process (start-up, imports) took "
+                     f"{cached['process_wall_s']:.2f} s" if cached["cached"]
+                     else "the second run did not read the cache")))
+    ratio = fp32["tokens_per_s"] / base["train_tokens_per_s"]
+    rows.append(row("train fp32 tokens/s", base["train_tokens_per_s"], fp32["tokens_per_s"], ratio, ">= 1.6x",
+                    ratio >= TARGETS["train fp32"],
+                    f"ours over {fp32['steps_timed']} steps after warm-up; baseline over {base['train_batches']} batches"))
+    if bf16 is not None:
+        ratio = bf16["tokens_per_s"] / base["train_tokens_per_s"]
+        drift = abs(bf16["valid_ppl"] / fp32["valid_ppl"] - 1)
+        rows.append(row("train bf16 tokens/s", base["train_tokens_per_s"], bf16["tokens_per_s"], ratio, ">= 2.5x",
+                        ratio >= TARGETS["train bf16"] and drift <= PPL_TOLERANCE,
+                        f"valid ppl after {args.steps} steps: bf16 {bf16['valid_ppl']:.2f}, fp32 "
+                        f"{fp32['valid_ppl']:.2f} ({drift:.2%} apart; must be <= {PPL_TOLERANCE:.0%})"))
+        rows.append(row(f"valid ppl @{args.steps} bf16 vs fp32", fp32["valid_ppl"], bf16["valid_ppl"],
+                        bf16["valid_ppl"] / fp32["valid_ppl"], "within 2%", drift <= PPL_TOLERANCE))
+    ratio = gen["tokens_per_s"] / base["generate_tokens_per_s"]
+    rows.append(row("generate tokens/s", base["generate_tokens_per_s"], gen["tokens_per_s"], ratio, ">= 5x",
+                    ratio >= TARGETS["generate"],
+                    f"{args.gen_length} words, one sample; ours: median of {args.gen_repeats} "
+                    f"(first {gen['first_tokens_per_s']:,.0f} tokens/s)"))
+
+    import torch
+
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "corpus": str(corpus),
+               "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    print(f"rnnlm vs baseline ({args.baseline.name}) on {machine['processor']}, {machine['cpus']} CPUs, "
+          f"torch {machine['torch']}, {machine['date']}; {time.perf_counter() - started:.0f} s in all")
+    print_table(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows, "baseline": base,
+                                         "ours": {"tokenize_first": first, "tokenize_cached": cached,
+                                                  "train_fp32": fp32, "train_bf16": bf16, "generate": gen}},
+                                        indent=2, ensure_ascii=False) + "\n")
+        print(f"saved {args.json}")
+    return 0 if all(r["pass"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

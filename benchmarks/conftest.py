@@ -1,0 +1,249 @@
+"""Shared set-up for `pytest benchmarks`: shapes, the backend x shape parametrization, and one timing helper.
+
+Every benchmark calls `run_bench(...)`, which keeps warm-up (and Triton compilation) outside the timing,
+synchronizes CUDA inside the timed function, and records the same `extra_info` keys for `rnnlm.report`:
+
+    backend, shape, batch_size, seq_len, embed_size, hidden_size, num_layers, vocab_size,
+    tokens_per_round, tokens_per_s, [tflops_per_s], [gb_per_s], precision,
+    device, torch, triton, triton_interpreted, threads
+
+Rates are computed from the median round (the machine is shared and noisy; the median ignores stragglers).
+The data-pipeline rows do not depend on the backend: their backend is "n/a" and they carry no precision.
+
+On a machine without a GPU the Triton kernels run in Triton's interpreter, which costs a fixed amount per
+Triton operation and says nothing about kernel speed: triton rows then run only at the small shape, and the
+other shapes are skipped with a reason. RNNLM_BENCH_INTERPRETED_SHAPES=small,default overrides that list.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+import kernels  # noqa: F401  (settles TRITON_INTERPRET before anything imports triton)
+from kernels import runtime_description
+
+BACKENDS = ("cudnn", "triton")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model shape: B batch, T time steps, E embed, H hidden, L layers, V vocabulary."""
+
+    name: str
+    batch_size: int
+    seq_len: int
+    embed_size: int
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def info(self) -> dict[str, Any]:
+        return {"shape": self.name, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "embed_size": self.embed_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "vocab_size": self.vocab_size}
+
+
+SHAPES = {
+    "small": Shape("small", batch_size=16, seq_len=20, embed_size=128, hidden_size=128, num_layers=2,
+                   vocab_size=2_000),
+    # the tutorial's (and rnnlm.train's) defaults
+    "default": Shape("default", batch_size=64, seq_len=20, embed_size=256, hidden_size=512, num_layers=2,
+                     vocab_size=10_000),
+    "large": Shape("large", batch_size=256, seq_len=20, embed_size=256, hidden_size=1024, num_layers=2,
+                   vocab_size=10_000),
+}
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+RUNTIME = runtime_description()
+INTERPRETED = bool(RUNTIME["triton_interpreted"])
+INTERPRETED_SHAPES = tuple(
+    s.strip() for s in os.environ.get("RNNLM_BENCH_INTERPRETED_SHAPES", "small").split(",") if s.strip())
+
+# Timed rounds per shape: small on a CPU so that the whole suite stays under 5 minutes on 2 cores.
+ROUNDS_CPU = {"small": 5, "default": 3, "large": 2}
+ROUNDS_CUDA = {"small": 50, "default": 30, "large": 10}
+
+
+def precision_label(backend: str) -> str:
+    """The arithmetic the fp32 benchmarks actually run: TF32 on CUDA when cuDNN/Triton may use it."""
+    if DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "fp32"
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def skip_unless_runnable(backend: str, shape: Shape) -> None:
+    """Skips interpreted Triton at the larger shapes, with the reason."""
+    if backend == "triton" and INTERPRETED and shape.name not in INTERPRETED_SHAPES:
+        pytest.skip(f"triton runs in its interpreter here (no CUDA device): interpreted kernels are benchmarked "
+                    f"only at shapes {','.join(INTERPRETED_SHAPES)} (set RNNLM_BENCH_INTERPRETED_SHAPES to change)")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=list(SHAPES))
+def shape(request) -> Shape:
+    return SHAPES[request.param]
+
+
+@pytest.fixture
+def model_case(backend: str, shape: Shape) -> tuple[str, Shape]:
+    """(backend, shape), skipped when interpreted Triton would be too slow to be worth timing."""
+    skip_unless_runnable(backend, shape)
+    return backend, shape
+
+
+def default_rounds(shape_name: str, backend: str) -> int:
+    if DEVICE.type == "cuda":
+        return ROUNDS_CUDA.get(shape_name, 10)
+    rounds = ROUNDS_CPU.get(shape_name, 3)
+    return min(rounds, 3) if backend == "triton" else rounds
+
+
+@pytest.fixture
+def run_bench(benchmark):
+    """run_bench(fn, backend=, shape=, tokens=, ...) times fn() with pytest-benchmark and fills extra_info.
+
+    - warmup: untimed calls first (compilation, caches, allocator); default 1.
+    - setup: optional untimed callable run before each round (e.g. a fresh cache folder); fn then gets
+      setup's return value as its only argument.
+    - tokens: tokens processed per call (rate key tokens_per_s); flops -> tflops_per_s; nbytes -> gb_per_s.
+    """
+
+    def run(fn: Callable, *, backend: str, shape: Shape | str | dict, tokens: int, rounds: int | None = None,
+            warmup: int = 1, setup: Callable | None = None, flops: float | None = None,
+            nbytes: float | None = None, precision: str | None = None, **extra: Any):
+        shape_info = shape.info() if isinstance(shape, Shape) else (
+            dict(shape) if isinstance(shape, dict) else {"shape": shape})
+        name = shape_info["shape"]
+        rounds = rounds or default_rounds(name, backend)
+
+        def timed(*args):
+            out = fn(*args)
+            sync()  # CUDA work counts toward the round that queued it
+            return out
+
+        if setup is None:
+            for _ in range(warmup):
+                timed()
+            result = benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
+        else:
+            def make_args():
+                return (setup(),), {}
+
+            for _ in range(warmup):
+                timed(setup())
+            result = benchmark.pedantic(timed, setup=make_args, rounds=rounds, iterations=1, warmup_rounds=0)
+
+        info = benchmark.extra_info
+        info.update(backend=backend, **shape_info)
+        if backend != "n/a":  # backend-independent rows (the data pipeline) have no arithmetic precision
+            info["precision"] = precision or precision_label(backend)
+        info.update(device=RUNTIME["device"],
+                    torch=RUNTIME["torch"], triton=RUNTIME["triton"],
+                    triton_interpreted=INTERPRETED if backend == "triton" else False,
+                    threads=torch.get_num_threads(), tokens_per_round=tokens)
+        info.update(extra)
+        seconds = _median_seconds(benchmark)
+        if seconds:
+            info["tokens_per_s"] = tokens / seconds
+            if flops is not None:
+                info["tflops_per_s"] = flops / seconds / 1e12
+            if nbytes is not None:
+                info["gb_per_s"] = nbytes / seconds / 1e9
+        return result
+
+    return run
+
+
+def _median_seconds(benchmark) -> float | None:
+    """The median round in seconds, or None when benchmarking is disabled (--benchmark-disable)."""
+    stats = getattr(benchmark, "stats", None)
+    inner = getattr(stats, "stats", None)
+    median = getattr(inner, "median", None)
+    return float(median) if median else None
+
+
+def import_op(module: str, name: str):
+    """kernels.<module>.<name>; skips (naming the module) only while that module does not exist yet."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"kernels.{module}")
+    except ModuleNotFoundError as err:
+        if err.name == f"kernels.{module}":
+            pytest.skip(f"kernels/{module}.py is missing")
+        raise
+    return getattr(mod, name)
+
+
+def rnn_flops(shape: Shape, *, backward: bool) -> float:
+    """Multiply-adds x 2 of the recurrence (input and hidden products); backward costs about 2x forward."""
+    per_token = 0
+    for layer in range(shape.num_layers):
+        in_size = shape.embed_size if layer == 0 else shape.hidden_size
+        per_token += 2 * (in_size + shape.hidden_size) * shape.hidden_size
+    return per_token * shape.tokens * (3 if backward else 1)
+
+
+# -- corpus and cache ----------------------------------------------------------------------------------------
+
+def _load_tiny_corpus_writer() -> Callable:
+    """tests/conftest.py's write_tiny_corpus (the same text the tests use), loaded by path."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_rnnlm_tests_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_corpus
+
+
+write_tiny_corpus = _load_tiny_corpus_writer()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Token-id caches go to a fresh folder, so no benchmark reads a cache from an earlier run."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RNNLM_CACHE_DIR", str(tmp_path_factory.mktemp("bench-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-corpus")
+
+
+def corpus_file(folder: Path, lines: int) -> Path:
+    """A tiny-corpus-style file of `lines` lines (written once per session)."""
+    path = folder / f"corpus-{lines}.txt"
+    if not path.exists():
+        write_tiny_corpus(path, lines=lines, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tools():
+    """The helpers above, for the bench files (which do not import conftest by name)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=DEVICE, shapes=SHAPES, interpreted=INTERPRETED, sync=sync,
+                           import_op=import_op, rnn_flops=rnn_flops, corpus_file=corpus_file,
+                           skip_unless_runnable=skip_unless_runnable, precision_label=precision_label)

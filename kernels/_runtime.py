@@ -1,0 +1,66 @@
+"""How Triton runs on this machine, decided once, before any kernel is defined.
+
+With no CUDA device, rnnlm's kernels run in Triton's interpreter: TRITON_INTERPRET=1 must be in the
+environment when a @triton.jit function is decorated (Triton reads it then), so this module sets it before
+any kernel module is imported. The interpreter runs programs one after another and costs a fixed amount
+per Triton operation, which is why launchers choose the largest tiles when INTERPRETED is true.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+
+log = logging.getLogger("rnnlm.kernels")
+
+# RNNLM_KERNELS_COMPILE_ONLY=1 keeps real JIT functions on a machine with no GPU: the compile report
+# (kernels/compile_report.py) runs in such a subprocess to build GPU code it never launches.
+COMPILE_ONLY: bool = os.environ.get("RNNLM_KERNELS_COMPILE_ONLY") == "1"
+
+if not torch.cuda.is_available() and not COMPILE_ONLY:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        # Kernels decorated before this point were built for a GPU and cannot run here.
+        log.warning("triton was imported before kernels without TRITON_INTERPRET=1 and there is no GPU")
+    os.environ["TRITON_INTERPRET"] = "1"
+# Triton 3.9 warns on every compile unless the FMA-fusion default is chosen explicitly; keep fusion on.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+INTERPRETED: bool = os.environ.get("TRITON_INTERPRET") == "1"
+
+_announced = False
+
+
+def announce_interpreter_once() -> None:
+    """Called by every launcher: in the interpreter, logs that once per process and limits OpenBLAS."""
+    global _announced
+    if INTERPRETED and not _announced:
+        _announced = True
+        log.info("triton: no CUDA device, kernels run in Triton's interpreter (TRITON_INTERPRET=1)")
+        limit_interpreter_blas_threads()
+
+
+def limit_interpreter_blas_threads() -> None:
+    """In the interpreter, make numpy's BLAS single-threaded (process-wide).
+
+    The interpreter runs tl.dot as numpy.matmul. numpy's OpenBLAS worker threads busy-wait after each call
+    and torch's OpenMP threads do the same after each torch op; alternating the two on a 2-core machine
+    made a (64, 512) x (512, 512) product take ~40-65 ms instead of ~1 ms. One BLAS thread (the caller)
+    removes the fight; torch keeps all cores for its own GEMMs (its BLAS is not numpy's)."""
+    if INTERPRETED:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+
+
+def runtime_description() -> dict:
+    """Versions and mode, recorded by the benchmarks and the report."""
+    import triton
+
+    return {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "triton_interpreted": INTERPRETED,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }

@@ -1,0 +1,429 @@
+"""rnnlm.evaluate (exact perplexity) and rnnlm.generate (sampling on the device): functions and CLIs."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlm import generate as gen
+from rnnlm.checkpoint import FORMAT_VERSION, save_checkpoint
+from rnnlm.data import TokenizerSettings, Vocab, load_corpus, split_corpus, tokenize_text
+from rnnlm import errors
+from rnnlm.errors import UsageError
+from rnnlm.evaluate import main as evaluate_main
+from rnnlm.generate import main as generate_main
+from rnnlm.evaluate import evaluate_tokens
+from rnnlm.generate import filter_logits, generate, generate_ids, sample_torch
+from rnnlm.model import ModelConfig, WordRNN
+
+E, H = 16, 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kernels_available() -> bool:
+    try:
+        return all(importlib.util.find_spec(m) is not None
+                   for m in ("kernels.rnn", "kernels.cross_entropy", "kernels.sample"))
+    except ImportError:
+        return False
+
+
+needs_kernels = pytest.mark.skipif(not _kernels_available(), reason="triton kernels not built yet")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_corpus):
+    """(corpus, vocab, settings) for the tiny corpus."""
+    settings = TokenizerSettings()
+    corpus = load_corpus(tiny_corpus, settings, progress=False)
+    return corpus, Vocab.build(corpus, 100), settings
+
+
+def make_model(vocab_size: int, seed: int = 0, **overrides) -> WordRNN:
+    torch.manual_seed(seed)
+    return WordRNN(ModelConfig(vocab_size=vocab_size, embed_size=E, hidden_size=H, num_layers=2, **overrides)).eval()
+
+
+def write_checkpoint(path, model, vocab, settings, corpus) -> Path:
+    save_checkpoint(path, {
+        "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(), "model_state": model.state_dict(),
+        "optimizer_state": None, "train_config": {}, "vocab": vocab.to_list(), "tokenizer": settings.to_dict(),
+        "corpus": {"path": corpus.path, "content_hash": corpus.content_hash}, "step": 0, "epoch": 0,
+        "data_state": {}, "hidden": None, "rng_state": {}, "best_valid_ppl": None})
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(setup, tmp_path_factory):
+    corpus, vocab, settings = setup
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", make_model(len(vocab)), vocab, settings,
+                            corpus)
+
+
+def call_main(main, prog: str, capsys, *args) -> tuple[int, str, str]:
+    """Runs a CLI's main in this process exactly as its __main__ does: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        errors.run_cli(main, prog, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def run_cli(module: str, *args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO, timeout=300)
+
+
+# -- evaluate --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16, 10_000])
+def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size(setup, batch_size):
+    corpus, vocab, _ = setup
+    model = make_model(len(vocab))
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    tokens = split_corpus(corpus, vocab)["test"]
+    result = evaluate_tokens(model, tokens, batch_size=batch_size, window=7)
+    assert result.n_targets == tokens.numel() - 1  # every target counted exactly once
+    assert result.nll_sum == pytest.approx((tokens.numel() - 1) * math.log(len(vocab)), rel=1e-6)
+    assert result.perplexity == pytest.approx(len(vocab), rel=1e-6)
+
+
+def test_one_stream_equals_a_single_forward_over_the_whole_split(setup):
+    corpus, vocab, _ = setup
+    model = make_model(len(vocab))
+    tokens = split_corpus(corpus, vocab)["train"][:301]
+    with torch.no_grad():
+        logits, _ = model(tokens[:-1].view(1, -1))
+        ref = F.cross_entropy(logits[0].double(), tokens[1:], reduction="sum").item()
+    for window in (1, 7, 128, 1000):
+        result = evaluate_tokens(model, tokens, batch_size=1, window=window)
+        assert result.n_targets == 300
+        assert result.nll_sum == pytest.approx(ref, rel=1e-6)
+        assert result.perplexity == pytest.approx(math.exp(ref / 300), rel=1e-6)
+
+
+def test_streams_and_leftover_targets_are_each_read_once_in_order(setup):
+    # 3 streams of 33 targets and 1 leftover target continuing the last stream: compare with explicit forwards.
+    corpus, vocab, _ = setup
+    model = make_model(len(vocab))
+    tokens = split_corpus(corpus, vocab)["train"][:101]
+    with torch.no_grad():
+        total = 0.0
+        hidden = None
+        for b in range(3):
+            seg = tokens[33 * b: 33 * (b + 1) + 1]
+            logits, hidden = model(seg[:-1].view(1, -1))
+            total += F.cross_entropy(logits[0].double(), seg[1:], reduction="sum").item()
+        logits, _ = model(tokens[99:100].view(1, 1), hidden)
+        total += F.cross_entropy(logits[0].double(), tokens[100:101], reduction="sum").item()
+    result = evaluate_tokens(model, tokens, batch_size=3, window=5)
+    assert result.n_targets == 100
+    assert result.nll_sum == pytest.approx(total, rel=1e-6)
+
+
+def test_too_few_tokens_is_a_usage_error(setup):
+    model = make_model(len(setup[1]))
+    with pytest.raises(UsageError, match="at least 2"):
+        evaluate_tokens(model, torch.tensor([3]))
+
+
+@needs_kernels
+def test_cudnn_checkpoint_evaluates_the_same_with_triton(setup, ckpt):
+    from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
+
+    corpus, vocab, _ = setup
+    tokens = split_corpus(corpus, vocab)["test"]
+    payload = load_checkpoint(ckpt)
+    model, _, _ = model_from_checkpoint(payload, backend="cudnn")
+    ref = evaluate_tokens(model, tokens, batch_size=8)
+    model.backend = "triton"  # switched on the loaded model
+    got = evaluate_tokens(model, tokens, batch_size=8)
+    assert got.perplexity == pytest.approx(ref.perplexity, rel=1e-4)
+    model_t, _, _ = model_from_checkpoint(payload, backend="triton")
+    assert evaluate_tokens(model_t, tokens, batch_size=8).perplexity == pytest.approx(ref.perplexity, rel=1e-4)
+
+
+def test_evaluate_cli_end_to_end(setup, tmp_path):
+    corpus, vocab, settings = setup
+    model = make_model(len(vocab))
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    path = write_checkpoint(tmp_path / "zero.pt", model, vocab, settings, corpus)
+    proc = run_cli("rnnlm.evaluate", path, "--split", "valid", "--backend", "cudnn")
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"valid perplexity: ([0-9.]+) \((\d+) tokens", proc.stdout)
+    assert match, proc.stdout
+    assert float(match.group(1)) == pytest.approx(len(vocab), abs=0.005)
+    assert int(match.group(2)) == split_corpus(corpus, vocab)["valid"].numel()
+
+
+def test_evaluate_main_with_data_and_batch_size(setup, ckpt, tiny_corpus, capsys):
+    corpus, vocab, _ = setup
+    code, out, _ = call_main(evaluate_main, "rnnlm.evaluate", capsys, ckpt, "--data", tiny_corpus,
+                             "--batch-size", "1", "--device", "cpu")
+    assert code == 0
+    model = make_model(len(vocab))
+    expected = evaluate_tokens(model, split_corpus(corpus, vocab)["test"], batch_size=1).perplexity
+    assert f"test perplexity: {expected:.2f}" in out
+
+
+# -- sampling helpers --------------------------------------------------------------------------------------------
+
+def test_sampling_frequencies_follow_softmax_over_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0])
+    g = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 1.0, 2.0):
+        draws = sample_torch(logits.expand(60_000, -1), temperature, g)
+        freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+        expected = torch.softmax(logits.double() / temperature, -1)
+        # 60k draws: the standard error of each frequency is below 0.0021
+        assert (freq - expected).abs().max() < 0.01
+        assert freq[5] == 0 or expected[5] > 1e-9
+
+
+def test_sampling_never_picks_a_masked_word_and_survives_tiny_temperatures():
+    logits = torch.tensor([[0.0, float("-inf"), 3.0, float("-inf")]]).expand(5000, -1)
+    draws = sample_torch(logits, 1.0, torch.Generator().manual_seed(1))
+    assert set(draws.tolist()) <= {0, 2}
+    sharp = sample_torch(torch.tensor([[1.0, 3.0, 2.9]]), 1e-30, torch.Generator().manual_seed(1))
+    assert sharp.tolist() == [1]
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]]))
+    keep = lambda z: torch.isfinite(z[0]).nonzero().view(-1).tolist()  # noqa: E731
+    assert keep(filter_logits(logits, 2, None)) == [1, 3]
+    assert keep(filter_logits(logits, 1, None)) == [1]
+    assert keep(filter_logits(logits, 99, None)) == [0, 1, 2, 3, 4]
+    assert keep(filter_logits(logits, None, 0.4)) == [1]  # the top word alone reaches 0.4
+    assert keep(filter_logits(logits, None, 0.5)) == [1, 3]
+    assert keep(filter_logits(logits, None, 0.71)) == [1, 3, 4]
+    assert keep(filter_logits(logits, None, 1.0)) == [0, 1, 2, 3, 4]
+    assert keep(filter_logits(logits, 2, 0.3)) == [1]
+    draws = sample_torch(filter_logits(logits.expand(3000, -1), None, 0.5), 1.0, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 3}
+
+
+# -- generation ------------------------------------------------------------------------------------------------------
+
+def test_stepper_logits_equal_the_models_forward(setup):
+    vocab = setup[1]
+    for nonlinearity in ("tanh", "relu"):
+        model = make_model(len(vocab), nonlinearity=nonlinearity)
+        seq = torch.randint(0, len(vocab), (3, 9), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            ref, _ = model(seq)
+            logits, hidden = model(seq[:, :4])
+            stepper = gen._TorchStepper(model, hidden)
+            for t in range(4, 9):
+                torch.testing.assert_close(stepper.step(seq[:, t]), ref[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_is_the_argmax_of_the_models_next_word_logits(setup):
+    vocab = setup[1]
+    model = make_model(len(vocab), seed=4)
+    prompt = [5, 9, 2]
+    out = generate_ids(model, prompt, 12, greedy=True)
+    seq = torch.tensor(prompt + out[0].tolist()).view(1, -1)
+    with torch.no_grad():
+        logits, _ = model(seq)
+    # position p's logits predict word p + 1: the first generated word follows the prompt's last word, once
+    expected = logits[0, len(prompt) - 1: -1].argmax(-1)
+    assert out[0].tolist() == expected.tolist()
+    assert generate_ids(model, prompt, 12, temperature=0.0).tolist() == out.tolist()  # temperature 0 = greedy
+
+
+def test_seeded_generation_is_reproducible(setup):
+    _, vocab, settings = setup
+    model = make_model(len(vocab))
+    a = generate(model, vocab, settings, "国家主席", 40, temperature=0.8, seed=7, num_samples=3)
+    b = generate(model, vocab, settings, "国家主席", 40, temperature=0.8, seed=7, num_samples=3)
+    c = generate(model, vocab, settings, "国家主席", 40, temperature=0.8, seed=8, num_samples=3)
+    assert a == b and a != c
+    assert len(a) == 3 and len(set(a)) == 3  # the batched samples are independent draws
+    assert all(text.startswith("国家主席") and " " not in text for text in a)
+    ids = generate_ids(model, [4, 5], 25, seed=3, top_k=5, top_p=0.9)
+    assert ids.shape == (1, 25) and ids.dtype == torch.int64
+    assert ids.tolist() == generate_ids(model, [4, 5], 25, seed=3, top_k=5, top_p=0.9).tolist()
+
+
+def test_fp16_output_layer_stays_close_to_fp32(setup):
+    vocab = setup[1]
+    model = make_model(len(vocab))
+    seq = torch.randint(0, len(vocab), (2, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref, hidden = model(seq[:, :3])
+        ref, _ = model(seq[:, 3:], hidden)
+        stepper = gen._TorchStepper(model, hidden, "fp16")
+        for t in range(3, 6):
+            got = stepper.step(seq[:, t])
+            if stepper.w.fc_fp16 is None:
+                pytest.skip("fbgemm fp16 is not available on this machine")
+            assert (got - ref[:, t - 3]).abs().max() < 2e-3
+    a = generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16")
+    assert a.tolist() == generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16").tolist()
+
+
+def test_prepared_weights_follow_parameter_updates(setup):
+    vocab = setup[1]
+    model = make_model(len(vocab))
+    first = gen._step_weights(model, "fp32")
+    assert gen._step_weights(model, "fp32") is first  # reused while the parameters are unchanged
+    before = generate_ids(model, [3, 4], 6, greedy=True)
+    with torch.no_grad():
+        model.fc.bias[before[0, 0]] -= 100.0  # an in-place update, as an optimizer step makes
+    assert gen._step_weights(model, "fp32") is not first
+    after = generate_ids(model, [3, 4], 6, greedy=True)
+    assert after[0, 0] != before[0, 0]
+    seq = torch.tensor([3, 4] + after[0].tolist()).view(1, -1)
+    with torch.no_grad():
+        assert model(seq)[0][0, 1:-1].argmax(-1).tolist() == after[0].tolist()
+
+
+def test_generation_and_evaluation_ignore_an_enclosing_autocast(setup):
+    corpus, vocab, _ = setup
+    model = make_model(len(vocab))
+    tokens = split_corpus(corpus, vocab)["valid"]
+    ref_ids = generate_ids(model, [3, 4], 10, seed=2)
+    ref_ppl = evaluate_tokens(model, tokens).perplexity
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert generate_ids(model, [3, 4], 10, seed=2).tolist() == ref_ids.tolist()
+        assert evaluate_tokens(model, tokens).perplexity == ref_ppl
+
+
+def test_generation_restores_training_mode_and_leaves_weights_alone(setup):
+    model = make_model(len(setup[1]))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generate_ids(model, [3], 5, seed=0)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_long_prompt_is_read_in_chunks_with_the_same_result(setup, monkeypatch):
+    vocab = setup[1]
+    model = make_model(len(vocab))
+    prompt = torch.randint(2, len(vocab), (700,), generator=torch.Generator().manual_seed(0)).tolist()
+    whole = generate_ids(model, prompt, 8, greedy=True)
+    monkeypatch.setattr(gen, "PRIME_CHUNK", 64)
+    with torch.no_grad():
+        logits_c, hidden_c = gen.prime(model, prompt, torch.device("cpu"))
+        logits, hidden = model(torch.tensor(prompt).view(1, -1))
+    torch.testing.assert_close(logits_c, logits[:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden_c, hidden, rtol=1e-5, atol=1e-5)
+    assert generate_ids(model, prompt, 8, greedy=True).tolist() == whole.tolist()
+
+
+def test_prompt_of_unknown_words_and_empty_prompt(setup):
+    _, vocab, settings = setup
+    model = make_model(len(vocab))
+    warnings = []
+    texts = generate(model, vocab, settings, "魑魅魍魉", 5, seed=0, warn=warnings.append)
+    assert texts[0].startswith("魑魅魍魉") and len(warnings) == 1 and "<unk>" in warnings[0]
+    for empty in ("", "   \n\t"):
+        with pytest.raises(UsageError, match="prompt is empty"):
+            generate(model, vocab, settings, empty, 5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"temperature": -1.0}, "--greedy"), ({"temperature": float("nan")}, "--greedy"),
+    ({"temperature": float("inf")}, "--greedy"), ({"top_k": 0}, "top-k"), ({"top_p": 0.0}, "top-p"),
+    ({"top_p": 1.5}, "top-p"), ({"num_samples": 0}, "num_samples"), ({"length": 0}, "length")])
+def test_bad_generation_settings(setup, kwargs, match):
+    model = make_model(len(setup[1]))
+    with pytest.raises(UsageError, match=match):
+        generate_ids(model, [3], **{"length": 5, **kwargs})
+
+
+@needs_kernels
+def test_triton_generation_is_seeded_and_greedy_matches_cudnn(setup):
+    vocab = setup[1]
+    model = make_model(len(vocab), seed=4)
+    greedy_ref = generate_ids(model, [5, 9, 2], 6, greedy=True)
+    model.backend = "triton"
+    assert generate_ids(model, [5, 9, 2], 6, greedy=True).tolist() == greedy_ref.tolist()
+    a = generate_ids(model, [5, 9], 6, seed=11, num_samples=2, top_k=10)
+    assert a.tolist() == generate_ids(model, [5, 9], 6, seed=11, num_samples=2, top_k=10).tolist()
+    assert ((a >= 0) & (a < len(vocab))).all()
+
+
+def test_generate_cli_end_to_end(ckpt, capsys):
+    args = [ckpt, "--prompt", "国家主席", "--length", "30", "--temperature", "0.8", "--seed", "3",
+            "--num-samples", "2", "--top-k", "20", "--top-p", "0.95"]
+    proc = run_cli("rnnlm.generate", *args)
+    assert proc.returncode == 0, proc.stderr
+    samples = [line for line in proc.stdout.splitlines() if not line.startswith("---")]
+    assert len(samples) == 2 and all(s.startswith("国家主席") for s in samples)
+    code, out, _ = call_main(generate_main, "rnnlm.generate", capsys, *args)
+    assert code == 0 and out == proc.stdout  # the same seed gives the same samples in another process
+    code, out, _ = call_main(generate_main, "rnnlm.generate", capsys, ckpt, "--prompt", "国家主席",
+                             "--length", "10", "--greedy", "--output-precision", "fp16")
+    assert code == 0 and out.startswith("国家主席")
+
+
+def test_generate_main_prompt_of_unknown_words_warns(ckpt, capsys):
+    code, out, err = call_main(generate_main, "rnnlm.generate", capsys, ckpt, "--prompt", "魑魅魍魉",
+                               "--length", "5", "--seed", "0")
+    assert code == 0
+    assert out.startswith("魑魅魍魉") and "warning" in err
+
+
+def _assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_generate_cli_bad_temperature_in_a_subprocess(ckpt):
+    proc = run_cli("rnnlm.generate", ckpt, "--temperature", "nan")
+    _assert_one_line_error(proc.returncode, proc.stderr, "--greedy")
+
+
+@pytest.mark.parametrize("temperature", ["0", "-0.5", "inf", "-inf"])
+def test_generate_main_bad_temperature(ckpt, temperature, capsys):
+    code, _, err = call_main(generate_main, "rnnlm.generate", capsys, ckpt, f"--temperature={temperature}")
+    _assert_one_line_error(code, err, "--greedy")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--length", "0"], "--length"), (["--num-samples", "-1"], "--num-samples"), (["--top-k", "0"], "--top-k"),
+    (["--top-p", "1.5"], "--top-p"), (["--prompt", ""], "prompt is empty"), (["--prompt", " \t"], "prompt is empty")])
+def test_generate_main_bad_arguments(ckpt, args, needle, capsys):
+    code, _, err = call_main(generate_main, "rnnlm.generate", capsys, ckpt, *args)
+    _assert_one_line_error(code, err, needle)
+
+
+def test_clis_refuse_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint", encoding="utf-8")
+    proc = run_cli("rnnlm.evaluate", bad)
+    _assert_one_line_error(proc.returncode, proc.stderr, "not an rnnlm checkpoint")
+    for main, prog in ((generate_main, "rnnlm.generate"), (evaluate_main, "rnnlm.evaluate")):
+        _assert_one_line_error(*call_main(main, prog, capsys, tmp_path / "missing.pt")[::2], "checkpoint not found")
+        _assert_one_line_error(*call_main(main, prog, capsys, bad)[::2], "not an rnnlm checkpoint")
+
+
+def test_evaluate_main_bad_arguments(setup, ckpt, tmp_path, capsys):
+    _assert_one_line_error(*call_main(evaluate_main, "rnnlm.evaluate", capsys, ckpt, "--batch-size", "0")[::2],
+                           "--batch-size")
+    corpus, vocab, settings = setup
+    gone = tmp_path / "gone.txt"
+    gone.write_text(Path(corpus.path).read_text(encoding="utf-8"), encoding="utf-8")
+    moved = load_corpus(gone, settings, progress=False)
+    path = write_checkpoint(tmp_path / "m.pt", make_model(len(vocab)), vocab, settings, moved)
+    gone.unlink()
+    _assert_one_line_error(*call_main(evaluate_main, "rnnlm.evaluate", capsys, path)[::2], "--data")

@@ -1,0 +1,244 @@
+"""rnnlm.report: tables and plots from pytest-benchmark JSON, messages for incomplete input, training curves."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rnnlm import report as rep
+
+SHAPES = {  # tiny sizes, so that the parity check (interpreted kernels) stays fast
+    "small": dict(batch_size=4, seq_len=3, embed_size=8, hidden_size=8, num_layers=1, vocab_size=50),
+    "default": dict(batch_size=8, seq_len=4, embed_size=8, hidden_size=12, num_layers=2, vocab_size=100),
+}
+
+
+def bench_entry(group, backend, shape, median, **extra):
+    sizes = SHAPES[shape]
+    tokens = sizes["batch_size"] * sizes["seq_len"]
+    info = dict(backend=backend, shape=shape, **sizes, tokens_per_round=tokens, tokens_per_s=tokens / median,
+                precision="fp32", device="cpu", torch="2.13.0+cpu", triton="3.9.0",
+                triton_interpreted=backend == "triton", threads=2, **extra)
+    name = f"test_{group.replace(' ', '_')}[{backend}-{shape}]"
+    return {
+        "group": group, "name": name, "fullname": f"benchmarks/test_bench_kernels.py::{name}",
+        "params": {"backend": backend, "shape": shape}, "param": f"{backend}-{shape}",
+        "extra_info": info,
+        "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
+                    "min_time": 5e-06, "warmup": False},
+        "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median * 1.02, "stddev": median * 0.05,
+                  "rounds": 5, "median": median, "iqr": median * 0.04, "q1": median * 0.98, "q3": median * 1.02,
+                  "iqr_outliers": 0, "stddev_outliers": 1, "outliers": "1;0", "ld15iqr": median * 0.9,
+                  "hd15iqr": median * 1.2, "ops": 1 / median, "total": median * 5, "iterations": 1},
+    }
+
+
+def bench_json(groups=("recurrence forward", "recurrence forward+backward"), backends=("cudnn", "triton")):
+    benchmarks = []
+    for g in groups:
+        for shape, base in (("small", 0.002), ("default", 0.010)):
+            for b in backends:
+                benchmarks.append(bench_entry(g, b, shape, base * (40 if b == "triton" else 1),
+                                              gb_per_s=1.5 if "softmax" in g else None))
+    for e in benchmarks:  # drop the None units
+        e["extra_info"] = {k: v for k, v in e["extra_info"].items() if v is not None}
+    # a benchmark without a backend (the data pipeline)
+    data_row = bench_entry("data: tokenize", "cudnn", "small", 0.5)
+    data_row["params"] = {}
+    data_row["extra_info"] = {"tokens_per_s": 20000.0}
+    benchmarks.append(data_row)
+    return {
+        "machine_info": {"node": "testbox", "processor": "x86_64", "machine": "x86_64",
+                         "python_implementation": "CPython", "python_version": "3.11.9",
+                         "system": "Linux", "release": "6.1", "cpu": {"brand_raw": "Test CPU", "count": 2}},
+        "commit_info": {"id": "0123456789abcdef", "time": "2026-11-23T22:00:00+00:00", "dirty": True,
+                        "project": "rnnlm", "branch": "main"},
+        "benchmarks": benchmarks,
+        "datetime": "2026-11-23T22:30:00.000000+00:00",
+        "version": "5.1.0",
+    }
+
+
+def write(tmp_path, data, name="bench.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+def run_main(argv):
+    """main() as run_cli would: (exit code, UsageError message or None)."""
+    try:
+        return rep.main([str(a) for a in argv]), None
+    except rep.UsageError as err:
+        return 2, str(err)
+
+
+HAVE_RNN = importlib.util.find_spec("kernels.rnn") is not None
+
+
+def test_full_report_tables_plots_parity(tmp_path, capsys):
+    bench = write(tmp_path, bench_json())
+    out = tmp_path / "out"
+    code, err = run_main([bench, "--out", out, "--no-compile"])
+    assert (code, err) == (0, None)
+    md = (out / "report.md").read_text()
+    # interpreter statement at the top (before any table)
+    assert md.index("interpreter timings, not a claim about kernel speed") < md.index("## Speed")
+    for group in ("recurrence forward", "recurrence forward+backward"):
+        assert f"### {group}\n" in md
+    assert "| shape | sizes | cudnn (median) | triton (median) | triton speed-up | cudnn tokens/s | triton tokens/s |" in md
+    assert "| small | B 4 T 3 E 8 H 8 L 1 V 50 | 2 ms (5 rounds) | 80 ms (5 rounds) | 0.025× | 6k | 150 |" in md
+    assert "### Benchmarks without a backend" in md and "data: tokenize" in md
+    assert "testbox" in md and "Test CPU" in md and "0123456789ab (dirty)" in md
+    for png in ("throughput_recurrence_forward.png", "throughput_recurrence_forward_backward.png"):
+        assert (out / png).stat().st_size > 5000 and f"]({png})" in md
+    assert "## Parity: triton against nn.RNN in float64" in md
+    if HAVE_RNN:
+        # both shapes checked, both pass fp64 tolerance
+        rows = [line for line in md.splitlines() if line.startswith("| small | B 4 T 3 I 8 H 8 L 1 |") or
+                line.startswith("| default | B 8 T 4 I 8 H 12 L 2 |")]
+        assert len(rows) == 2 and all(line.endswith("| yes |") for line in rows), rows
+    else:
+        assert "kernels.rnn cannot be imported" in md
+    assert "no triton rows" not in capsys.readouterr().err
+
+
+def test_parity_read_from_extra_info(tmp_path):
+    data = bench_json(groups=("recurrence forward",))
+    for b in data["benchmarks"]:
+        if b["extra_info"].get("backend") == "triton":
+            b["extra_info"]["parity"] = {"forward_max_abs": 1e-15, "forward_rel": 2e-16, "grad_max_abs": 3e-15,
+                                         "grad_rel": 4e-14}
+    code, _ = run_main([write(tmp_path, data), "--out", tmp_path / "o", "--no-compile", "--no-parity"])
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert code == 0
+    assert "| small | B 4 T 3 I 8 H 8 L 1 (from the benchmark) | 1.00e-15 | 2.00e-16 | 3.00e-15 | 4.00e-14 | yes |" in md
+
+
+def test_missing_cudnn_rows_message_and_partial_report(tmp_path, capsys):
+    bench = write(tmp_path, bench_json(groups=("softmax",), backends=("triton",)))
+    code, err = run_main([bench, "--out", tmp_path / "o", "--no-compile", "--no-parity"])
+    assert (code, err) == (0, None)
+    stderr = capsys.readouterr().err
+    assert "no cudnn rows" in stderr and "extra_info['backend']" in stderr
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "### softmax" in md and "no cudnn rows in this group" in md
+    assert "| small | B 4 T 3 E 8 H 8 L 1 V 50 | – | 80 ms (5 rounds) | – | – | 150 | – | 1.5 |" in md
+    assert (tmp_path / "o" / "throughput_softmax.png").stat().st_size > 5000
+
+
+def test_missing_triton_rows(tmp_path, capsys):
+    bench = write(tmp_path, bench_json(groups=("training step (fp32)",), backends=("cudnn",)))
+    code, _ = run_main([bench, "--out", tmp_path / "o", "--no-compile", "--no-parity"])
+    assert code == 0
+    assert "no triton rows" in capsys.readouterr().err
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "interpreter timings" not in md  # no triton figures, nothing to warn about
+    assert "### training step (fp32)" in md
+
+
+def test_not_pytest_benchmark_json(tmp_path, capsys):
+    bench = write(tmp_path, {"results": [1, 2, 3]})
+    code, err = run_main([bench, "--out", tmp_path / "o", "--no-compile"])
+    assert err is None and code == 1
+    stderr = capsys.readouterr().err
+    assert "is not pytest-benchmark JSON" in stderr and "no 'benchmarks' list" in stderr and "results" in stderr
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "is not pytest-benchmark JSON" in md
+
+
+def test_benchmarks_without_stats_are_named(tmp_path, capsys):
+    data = bench_json(groups=("recurrence forward",))
+    broken = copy.deepcopy(data["benchmarks"][0])
+    del broken["stats"]
+    data["benchmarks"].append(broken)
+    code, _ = run_main([write(tmp_path, data), "--out", tmp_path / "o", "--no-compile", "--no-parity"])
+    assert code == 0 and "1 benchmark(s) without stats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), ("{not json", "not valid JSON")])
+def test_bad_files_are_one_line_exit_2(tmp_path, content, message):
+    path = tmp_path / "b.json"
+    if content is not None:
+        path.write_text(content)
+    code, err = run_main([path, "--out", tmp_path / "o"])
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "o" / "report.md").exists()
+
+
+def test_cli_exit_code_and_single_line(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "rnnlm.report", str(tmp_path / "nope.json")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "no such file" in res.stderr
+
+
+def test_nothing_to_report_is_usage_error(tmp_path):
+    code, err = run_main([])
+    assert code == 2 and "nothing to report" in err
+
+
+def write_metrics(path, steps=200, eval_every=50, truncated=False):
+    import math
+
+    lines = []
+    for s in range(10, steps + 1, 10):
+        rec = {"step": s, "epoch": s / 100, "time": round(s * 0.37, 3), "loss": 7.0 * math.exp(-s / 150) + 3.0,
+               "train_ppl": math.exp(7.0 * math.exp(-s / 150) + 3.0), "tokens_per_s": 12000.0 + s}
+        if s % eval_every == 0:
+            rec["valid_ppl"] = math.exp(7.0 * math.exp(-s / 170) + 3.2)
+        lines.append(json.dumps(rec))
+    text = "\n".join(lines) + "\n"
+    if truncated:
+        text += '{"step": 210, "ti'
+    path.write_text(text)
+
+
+def test_metrics_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_metrics(run / "metrics.jsonl", truncated=True)
+    code, err = run_main(["--metrics", run / "metrics.jsonl"])
+    assert (code, err) == (0, None)
+    assert "truncated" in capsys.readouterr().err
+    md = (run / "report.md").read_text()
+    assert "## Training run" in md and "![training curves](training.png)" in md
+    assert "- last step: 200" in md and "best" in md
+    assert (run / "training.png").stat().st_size > 10000
+
+
+def test_metrics_bad_lines(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 5}\nnot json\n{"step": 2, "loss": 4}\n')
+    code, err = run_main(["--metrics", p])
+    assert code == 2 and "line 2 is not valid JSON" in err
+    p.write_text('{"step": 1}\n')
+    code, err = run_main(["--metrics", p])
+    assert code == 2 and "no line has 'loss' or 'valid_ppl'" in err
+
+
+def test_compile_table_from_json(tmp_path):
+    compile_json = tmp_path / "compile_report.json"
+    row = {"module": "kernels.rnn", "kernel": "_rnn_fwd_kernel", "config": "fwd_tf32", "arch": "sm_90", "cc": 90,
+           "num_warps": 4, "num_stages": 1, "registers": 96, "stack_bytes": 0, "local_bytes": 0,
+           "spill_stores": 0, "spill_loads": 0, "shared_static": 0, "shared_dynamic": 65536,
+           "shared_bytes": 65536, "shared_limit": 232448,
+           "tensor_core_instructions": {"wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32": 8},
+           "expect_tensor_cores": True, "compiled": True, "ok": True, "problems": []}
+    compile_json.write_text(json.dumps({"triton": "3.9.0", "archs": [80, 90], "generated": "now",
+                                        "modules": {"kernels.rnn": "ok (1 configurations)",
+                                                    "kernels.sample": "missing (module does not exist yet)"},
+                                        "rows": [row]}))
+    bench = write(tmp_path, bench_json(groups=("recurrence forward",)))
+    code, _ = run_main([bench, "--out", tmp_path / "o", "--compile-json", compile_json, "--no-parity"])
+    assert code == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "## Compile report (sm_80, sm_90)" in md and "`kernels.sample`: missing" in md
+    assert ("| _rnn_fwd_kernel | fwd_tf32 | sm_90 | 4/1 | 96 | 0 B | 0 B / 0 B | 64.0 KB (227.0 KB) "
+            "| wgmma m64n64k8 f32.tf32.tf32 ×8 | mma/wgmma | yes |") in md

@@ -1,0 +1,307 @@
+"""rnnlm.train: the fused output layer + loss, the CLI end to end on a tiny corpus, bad input, guards."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlm import train
+from rnnlm.checkpoint import load_checkpoint
+from rnnlm.errors import run_cli
+
+TINY = ["--embed-size", "16", "--hidden-size", "32", "--seq-len", "8", "--batch-size", "4",
+        "--no-progress", "--sample-length", "5"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny models gain nothing from a second thread, and a busy machine makes every OpenMP region wait for
+    a descheduled thread (10x slower steps); results are bit-exact at any fixed thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_train(corpus, out, *args, expect=0):
+    """train.main in this process; returns its exit code (asserted to be `expect`)."""
+    code = train.main(["--data", str(corpus), "--out", str(out), *TINY, *map(str, args)])
+    assert code == expect
+    return code
+
+
+def read_metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- linear_cross_entropy -------------------------------------------------------------------------------------
+
+def _reference(h, w, b, y):
+    return F.cross_entropy(F.linear(h, w, b), y)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("n,hdim,vocab", [(37, 24, 101), (128, 64, 1000), (1, 5, 3)])
+def test_linear_cross_entropy_matches_torch(dtype, tol, n, hdim, vocab):
+    gen = torch.Generator().manual_seed(n)
+    h = torch.randn(n, hdim, generator=gen, dtype=dtype, requires_grad=True)
+    w = (torch.randn(vocab, hdim, generator=gen, dtype=dtype) * 0.3).requires_grad_()
+    b = torch.randn(vocab, generator=gen, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    loss = train.linear_cross_entropy(h, w, b, y)
+    (loss * 1.7).backward()                      # a non-unit upstream gradient
+    got = (loss.detach(), h.grad, w.grad, b.grad)
+    h.grad = w.grad = b.grad = None
+    want_loss = _reference(h, w, b, y)
+    (want_loss * 1.7).backward()
+    want = (want_loss.detach(), h.grad, w.grad, b.grad)
+    for name, g, e in zip(("loss", "dh", "dW", "db"), got, want):
+        assert g.dtype == e.dtype and g.shape == e.shape, name
+        assert g.is_contiguous(), name
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol, msg=name)
+
+
+def test_linear_cross_entropy_bf16_close_to_fp32():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(256, 64, generator=gen, requires_grad=True)
+    w = (torch.randn(500, 64, generator=gen) * 0.2).requires_grad_()
+    y = torch.randint(0, 500, (256,), generator=gen)
+    loss = train.linear_cross_entropy(h, w, None, y, compute_dtype=torch.bfloat16)
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    ref = _reference(h, w, None, y)
+    dh, dw = torch.autograd.grad(ref, (h, w))
+    assert abs(loss.item() - ref.item()) < 0.02 * ref.item()
+    assert torch.nn.functional.cosine_similarity(h.grad.flatten(), dh.flatten(), dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(w.grad.flatten(), dw.flatten(), dim=0) > 0.99
+
+
+def test_linear_cross_entropy_tied_weights_accumulate():
+    """The same matrix as input embedding and output layer: both gradients add up."""
+    gen = torch.Generator().manual_seed(1)
+    emb = torch.randn(50, 16, generator=gen, requires_grad=True)
+    x = torch.randint(0, 50, (30,), generator=gen)
+    y = torch.randint(0, 50, (30,), generator=gen)
+    train.linear_cross_entropy(torch.tanh(emb[x]), emb, None, y).backward()
+    got = emb.grad
+    emb.grad = None
+    _reference(torch.tanh(emb[x]), emb, None, y).backward()
+    torch.testing.assert_close(got, emb.grad, rtol=2e-5, atol=2e-6)
+
+
+def test_training_loss_equals_model_loss():
+    from rnnlm.model import ModelConfig, WordRNN
+
+    torch.manual_seed(0)
+    model = WordRNN(ModelConfig(vocab_size=60, embed_size=8, hidden_size=12))
+    x, y = torch.randint(0, 60, (3, 5)), torch.randint(0, 60, (3, 5))
+    got, h1 = train.training_loss(model, x, y, None, None)
+    want, h2 = model.loss(x, y, None)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(h1, h2)
+
+
+# -- end to end -------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_end_to_end(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_train(tiny_corpus, out, "--max-steps", 60, "--eval-every", 20, "--log-every", 10, "--lr", "0.01")
+    stdout = capsys.readouterr().out
+    assert stdout.count("valid ppl") == 3
+    assert "test perplexity:" in stdout and "sample: 我们" in stdout
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    for r in rows:
+        assert {"step", "epoch", "time", "loss", "train_ppl", "tokens_per_s"} <= set(r)
+        assert math.isclose(r["train_ppl"], math.exp(r["loss"]), rel_tol=1e-4)
+    assert [r["step"] for r in rows if "valid_ppl" in r] == [20, 40, 60]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3          # it learns
+    last, best = load_checkpoint(out / "last.pt"), load_checkpoint(out / "best.pt")
+    assert last["step"] == 60 and last["train_config"]["max_steps"] == 60
+    assert best["best_valid_ppl"] == min(r["valid_ppl"] for r in rows if "valid_ppl" in r)
+    assert last["hidden"].shape == (2, 4, 32)               # the carried state, (L, B, H)
+    assert {"vocab", "tokenizer", "corpus", "rng_state", "optimizer_state", "data_state"} <= set(last)
+
+
+def test_windows_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
+    """--batching windows starts every batch from zeros (no state saved); a vocabulary larger than the corpus
+    has distinct words just takes them all."""
+    out = tmp_path / "run"
+    run_train(tiny_corpus, out, "--batching", "windows", "--max-steps", 8, "--eval-every", 4,
+              "--vocab-size", 100000, "--sample-length", 0)
+    last = load_checkpoint(out / "last.pt")
+    assert last["hidden"] is None
+    assert 3 < len(last["vocab"]) < 1000
+    assert last["model_config"]["vocab_size"] == len(last["vocab"])
+    assert "sample:" not in capsys.readouterr().out
+
+
+# -- bad input: one line, exit code 2 ---------------------------------------------------------------------------
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.main, "rnnlm.train", argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("rnnlm.train: error:"), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--seq-len", "0"], "--seq-len must be a positive integer"),
+    (["--batch-size", "-3"], "--batch-size must be a positive integer"),
+    (["--hidden-size", "0"], "--hidden-size must be a positive integer"),
+    (["--embed-size", "0"], "--embed-size must be a positive integer"),
+    (["--num-layers", "0"], "--num-layers must be a positive integer"),
+    (["--vocab-size", "0"], "--vocab-size must be a positive integer"),
+    (["--vocab-size", "2"], "--vocab-size must be at least 3"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--max-steps", "0"], "--max-steps must be a positive integer"),
+    (["--eval-every", "0"], "--eval-every must be a positive integer"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr=-1e-3"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--time-budget", "0"], "--time-budget must be a positive number"),
+    (["--clip", "-1"], "--clip must be a finite number >= 0"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--tie-weights"], "--tie-weights needs --embed-size equal to --hidden-size"),
+])
+def test_bad_options(tiny_corpus, tmp_path, capsys, args, expected):
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY, *args], capsys)
+    assert expected in line
+    assert not (tmp_path / "o").exists()                     # rejected before anything is written
+
+
+def test_batch_larger_than_corpus(tiny_corpus, tmp_path, capsys):
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY, "--batch-size", "5000"],
+                      capsys)
+    assert "batch size 5000 is too large" in line and "--batch-size" in line
+
+
+def test_seq_len_longer_than_corpus(tmp_path, capsys):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("我们的祖国充满希望。\n" * 20, encoding="utf-8")
+    line = _cli_error(["--data", str(corpus), "--out", str(tmp_path / "o"), *TINY, "--seq-len", "5000"], capsys)
+    assert "seq_len" in line
+
+
+def test_output_folder_not_writable(tiny_corpus, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(blocker), *TINY], capsys)
+    assert "is a file" in line
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(blocker / "sub"), *TINY], capsys)
+    assert "cannot create output folder" in line
+    if os.geteuid() != 0:                                    # root writes through permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        line = _cli_error(["--data", str(tiny_corpus), "--out", str(locked), *TINY], capsys)
+        assert "not writable" in line
+
+
+def test_missing_corpus(tmp_path, capsys):
+    line = _cli_error(["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), *TINY], capsys)
+    assert "nope.txt" in line
+
+
+# -- guards -----------------------------------------------------------------------------------------------------
+
+def _poison_at(monkeypatch, bad_step: int, where: str):
+    """train.training_loss returning a NaN loss, or a NaN gradient, at call number bad_step."""
+    real = train.training_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y, hidden, dtype):
+        calls["n"] += 1
+        loss, h = real(model, x, y, hidden, dtype)
+        if calls["n"] == bad_step:
+            if where == "loss":
+                loss = loss * float("nan")
+            else:
+                loss.register_hook(lambda g: g * float("inf"))
+        return loss, h
+
+    monkeypatch.setattr(train, "training_loss", poisoned)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_stops_and_keeps_best(tiny_corpus, tmp_path, monkeypatch, capsys, where):
+    out = tmp_path / "run"
+    run_train(tiny_corpus, out, "--max-steps", 4, "--eval-every", 4, "--sample-length", 0)
+    best_before = (out / "best.pt").read_bytes()
+    last_before = (out / "last.pt").read_bytes()
+    _poison_at(monkeypatch, 3, where)
+    # resumes at step 4, so call 3 is step 7; eval every 2 steps writes best.pt at step 6 first
+    line = _cli_error(["--resume", str(out), "--max-steps", "20", "--eval-every", "2"], capsys)
+    assert "non-finite" in line and "step 7" in line
+    assert "best.pt and last.pt" in line and "left as they were" in line
+    best_now, last_now = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best_now["step"] == 6 and last_now["step"] == 6  # the step-6 saves, not step 7's
+    assert all(torch.isfinite(v).all() for v in last_now["model_state"].values())
+    assert best_before != (out / "best.pt").read_bytes() and last_before != (out / "last.pt").read_bytes()
+
+
+def test_non_finite_at_first_step(tiny_corpus, tmp_path, monkeypatch, capsys):
+    _poison_at(monkeypatch, 1, "loss")
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY], capsys)
+    assert "step 1" in line and "none saved yet" in line
+    assert not (tmp_path / "o" / "best.pt").exists() and not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_deterministic_runs_identical(tiny_corpus, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run_train(tiny_corpus, tmp_path / name, "--deterministic", "--dropout", "0.3", "--batching", "windows",
+                  "--max-steps", 12, "--log-every", 1, "--eval-every", 12, "--seed", 5, "--sample-length", 0)
+        runs.append([r["loss"] for r in read_metrics(tmp_path / name)])
+    assert len(runs[0]) == 12 and runs[0] == runs[1]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after main()
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_help_names_the_limits(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--deterministic" in text and "--time-budget" in text and "CPU threads" in text
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_exits_cleanly(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnlm.train", "--data", str(tiny_corpus), "--out", str(out), *TINY,
+           "--log-every", "1", "--eval-every", "100000", "--epochs", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        metrics = out / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == train.INTERRUPTED_EXIT, stderr
+    assert "Traceback" not in stderr
+    assert f"python -m rnnlm.train --resume {out}" in stderr
+    last = load_checkpoint(out / "last.pt")
+    assert last["step"] >= 3
+    assert last["step"] == read_metrics(out)[-1]["step"]
