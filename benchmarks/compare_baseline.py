@@ -166,6 +166,16 @@ def train_ours(corpus: Path, out: Path, steps: int, log_every: int, skip_windows
             "valid_ppl": valid[-1], "test_ppl": float(m.group(1)) if m else None, "wall_s": wall}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # -- the table --------------------------------------------------------------------------------------------------
 
 def row(metric: str, baseline, ours, ratio, target: str, ok: bool | None, note: str = "") -> dict:
@@ -205,6 +215,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="corpus (default: rnnlm's default corpus, rnnlm.data.default_corpus_path())")
     ap.add_argument("--baseline-batches", type=int, default=40,
                     help="batches the baseline times (after its own 5 warm-up batches)")
+    ap.add_argument("--baseline-runs", type=int, default=2, choices=(1, 2, 3),
+                    help="baseline runs: one before ours, the others after (their mean is compared)")
     ap.add_argument("--steps", type=int, default=300,
                     help="training steps of each of our runs (fp32, bf16); validation perplexity compared there")
     ap.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl window")
@@ -250,8 +262,8 @@ def main(argv=None) -> int:
         log(f"corpus {corpus} ({corpus.stat().st_size / 1e6:.1f} MB)")
 
         # 1. the baseline: tokenize, train, generate in one process
-        base = run_baseline(args.baseline, corpus, args.baseline_batches, timeout=3600)
-        log(f"baseline: {base}")
+        base_runs = [run_baseline(args.baseline, corpus, args.baseline_batches, timeout=3600)]
+        log(f"baseline: {base_runs[0]}")
 
         # 2. our tokenization: first run with an empty cache, then cached, each in a fresh process
         cache = work / "cache"
@@ -276,15 +288,30 @@ def main(argv=None) -> int:
         gen = child_measure("generate", str(work / "run-fp32" / "last.pt"), str(args.gen_length),
                             str(args.gen_repeats))
         log(f"ours generate: {gen}")
+
+        # 5. the baseline again, so that a change of load on the machine during the run hits both sides
+        for _ in range(args.baseline_runs - 1):
+            base_runs.append(run_baseline(args.baseline, corpus, args.baseline_batches, timeout=3600))
+            log(f"baseline again: {base_runs[-1]}")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+    base = {k: statistics.mean(r[k] for r in base_runs) for k in base_runs[0]}
+    base["runs"] = base_runs
+
+    def each(key: str, spec: str) -> str:
+        if len(base_runs) < 2:
+            return ""
+        return f"; baseline = mean of {len(base_runs)} runs (before and after ours): " + \
+            ", ".join(format(r[key], spec) for r in base_runs)
 
     rows = []
     ratio = base["tokenize_s"] / first["seconds"]
     rows.append(row("tokenize (first run) s", base["tokenize_s"], first["seconds"], ratio, ">= 1.8x",
                     ratio >= TARGETS["tokenize (first run)"],
-                    f"{first['tokens']:,} tokens ours, {base['tokens']:,} baseline; ratio = baseline s / ours s"))
+                    f"{first['tokens']:,} tokens ours, {base['tokens']:,.0f} baseline; ratio = baseline s / ours s"
+                    + each("tokenize_s", ".2f")))
     rows.append(row("tokenize (cached) s", None, cached["seconds"], None, f"< {CACHED_LIMIT_S:g} s",
                     cached["seconds"] < CACHED_LIMIT_S and cached["cached"],
                     (f"load_corpus from the cache; the whole process (start-up, imports) took "
@@ -293,7 +320,8 @@ def main(argv=None) -> int:
     ratio = fp32["tokens_per_s"] / base["train_tokens_per_s"]
     rows.append(row("train fp32 tokens/s", base["train_tokens_per_s"], fp32["tokens_per_s"], ratio, ">= 1.6x",
                     ratio >= TARGETS["train fp32"],
-                    f"ours over {fp32['steps_timed']} steps after warm-up; baseline over {base['train_batches']} batches"))
+                    f"ours over {fp32['steps_timed']} steps after warm-up; baseline over {base['train_batches']:.0f} batches"
+                    + each("train_tokens_per_s", ",.0f")))
     if bf16 is not None:
         ratio = bf16["tokens_per_s"] / base["train_tokens_per_s"]
         drift = abs(bf16["valid_ppl"] / fp32["valid_ppl"] - 1)
@@ -307,11 +335,11 @@ def main(argv=None) -> int:
     rows.append(row("generate tokens/s", base["generate_tokens_per_s"], gen["tokens_per_s"], ratio, ">= 5x",
                     ratio >= TARGETS["generate"],
                     f"{args.gen_length} words, one sample; ours: median of {args.gen_repeats} "
-                    f"(first {gen['first_tokens_per_s']:,.0f} tokens/s)"))
+                    f"(first {gen['first_tokens_per_s']:,.0f} tokens/s)" + each("generate_tokens_per_s", ",.0f")))
 
     import torch
 
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    machine = {"platform": platform.platform(), "processor": cpu_name(),
                "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "corpus": str(corpus),
                "command": " ".join([Path(sys.executable).name, *sys.argv])}

@@ -321,7 +321,8 @@ def _run_workers(modules: Sequence[str], archs: Sequence[int], jobs: int) -> tup
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["RNNLM_KERNELS_COMPILE_ONLY"] = "1"
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     with tempfile.TemporaryDirectory(prefix="rnnlm-compile-") as tmp:
         procs = []
         for shard in range(jobs):

@@ -118,10 +118,10 @@ def _softmax_bwd_kernel(y_ptr, g_ptr, dx_ptr, n_rows, n_cols, stride_y, stride_g
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
-# GPU tiles (BLOCK_M, BLOCK_N, num_warps) by row length: blocks of short rows, two rows for long ones; at most
-# 16 elements per thread (sample's Philox noise spilled registers at 32 per thread, and 32 x 64 tiles took
-# 170-255 registers: compile report).
-GPU_TILES = ((16, 64, 4), (8, 512, 8), (2, 2048, 8))
+# GPU tiles (BLOCK_M, BLOCK_N, num_warps) by row length: blocks of short rows, two rows for long ones; 8 to 16
+# elements per thread (the compile report showed spills in sample at 32 per thread, and in sample's fp64 top-k
+# path at 16 per thread for the 512-column tile; 32 x 64 tiles took 170-255 registers).
+GPU_TILES = ((16, 64, 4), (4, 512, 8), (2, 2048, 8))
 # Interpreter: cost is a fixed overhead per op plus numpy work per element, so tiles are as large as this
 # (elements) and the column block is chosen to waste little padding.
 _INTERP_TILE_ELEMS = 1 << 18

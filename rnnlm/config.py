@@ -36,10 +36,19 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+class _DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" after an option's help, unless X is None or the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default" in text or action.option_strings == []:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one option per field of the dataclass `cls` (defaults shown in --help)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_DefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         meta = field.metadata

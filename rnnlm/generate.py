@@ -17,8 +17,10 @@ two preallocated buffers used in turn, in-place activations), all under torch.in
 a dozen ATen calls. The prepared copies are cached per model (until its parameters change). Sampling stays on the
 device with one uniform per sample, drawn for all steps at once: softmax(z / T), its cumulative sum and a binary
 search (torch.searchsorted) for u; no copy to numpy, no per-word Python beyond the loop itself.
-`output_precision="fp16"` (CPU) multiplies by an fbgemm-packed fp16 copy of W instead: half the bytes per step,
-logits within about 1e-3 of fp32, for a one-off packing cost of about 0.1 s.
+When sampling on a CPU (output_precision "auto", the default; "fp32" turns it off) the step multiplies by an
+fbgemm-packed fp16 copy of W instead: fp32 activations and accumulation, half the bytes per step, logits within
+about 1e-3 of fp32 (probabilities within 0.2% at T = 0.8: far below what sampling can show), for a one-off packing
+cost of about 0.1 s. Greedy decoding keeps fp32, so its argmax is exactly the model's.
 
 The triton backend runs the model's own kernels: kernels.rnn for the recurrence (one time step per call) and
 kernels.sample (Gumbel-max, counter-based RNG keyed by the seed) for the draw.
@@ -80,7 +82,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-OUTPUT_PRECISIONS = ("fp32", "fp16")
+OUTPUT_PRECISIONS = ("auto", "fp32", "fp16")
 SHIFT_BELOW = 1e-3  # temperatures below this subtract the row maximum first, so logits / T cannot overflow
 
 
@@ -248,11 +250,14 @@ def _triton_sample():
 
 def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temperature: float = 1.0,
                  greedy: bool = False, top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-                 seed: int | None = None, output_precision: str = "fp32") -> torch.Tensor:
+                 seed: int | None = None, output_precision: str = "auto") -> torch.Tensor:
     """(num_samples, length) int64 word ids drawn after `prompt_ids` (a non-empty list of vocabulary ids).
 
     temperature 0 or greedy=True takes the argmax (ties to the lowest id). The same seed gives the same ids on the
     same device and backend. The model runs in eval mode under torch.inference_mode; its training flag is restored.
+    output_precision (cudnn backend, steps after the first word): "fp32" exact; "fp16" the output layer's weights in
+    fp16 (fbgemm, CPU; logits within ~1e-3, half the memory traffic of the step's dominant mat-vec); "auto" = fp16
+    when sampling on a CPU, fp32 for greedy decoding (whose argmax must be the model's own) and on a GPU.
     """
     if len(prompt_ids) == 0:
         raise UsageError("the prompt is empty (no words after tokenization); give at least one word")
@@ -265,6 +270,8 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{name} must be a positive integer, got {value}")
     device = model.fc.weight.device
+    if output_precision == "auto":
+        output_precision = "fp16" if device.type == "cpu" and not greedy else "fp32"
     vocab_size = model.config.vocab_size
     bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
     if bad:
@@ -312,7 +319,7 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
 
 def generate(model: WordRNN, vocab, settings, prompt: str, length: int, *, temperature: float = 1.0,
              greedy: bool = False, top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-             seed: int | None = None, output_precision: str = "fp32", warn=None) -> list[str]:
+             seed: int | None = None, output_precision: str = "auto", warn=None) -> list[str]:
     """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
 
     prompt is tokenized with `settings` (rnnlm.data.TokenizerSettings) and encoded with `vocab` (unknown words
@@ -352,10 +359,10 @@ class GenerateConfig:
                                  help="cudnn (torch) or triton (rnnlm's kernels); default: triton with CUDA, "
                                       "else cudnn")
     device: str | None = option(None, help="cpu or cuda (default: cuda when available)")
-    output_precision: str = option("fp32", choices=OUTPUT_PRECISIONS,
-                                   help="output layer weights while sampling on the cudnn backend: fp32 (exact) or "
-                                        "fp16 (fbgemm, CPU only: half the memory traffic per word, logits within "
-                                        "~1e-3; packing costs ~0.1 s, so it pays off for long samples)")
+    output_precision: str = option("auto", choices=OUTPUT_PRECISIONS,
+                                   help="output layer weights per step on the cudnn backend: fp32 (exact), fp16 "
+                                        "(fbgemm, CPU: half the memory traffic per word, logits within ~1e-3, "
+                                        "~0.1 s to pack once), auto (fp16 when sampling on a CPU, fp32 for --greedy)")
 
     def validate(self) -> None:
         require_positive("--length", self.length)

@@ -422,7 +422,8 @@ def parity_section(rows: list[Row], cfg: ReportConfig) -> tuple[str, list[str]]:
         text = "Parity not computed (" + ("--no-parity" if not cfg.parity else "; ".join(problems)) + ")."
         return text, problems
     intro = ("kernels.rnn.rnn (precision \"ieee\") against torch.nn.RNN, both in float64, tanh, with random "
-             "upstream gradients on the output and h_n. Relative error = ‖triton − torch‖/‖torch‖, the largest "
+             "upstream gradients on the output and h_n. Relative error = ‖triton − torch‖/‖torch‖, the "
+             "largest "
              "over the outputs (output, h_n) and over the gradients (input, h0, every weight and bias).")
     if interp:
         intro += (f" Triton runs in its interpreter here: batch and sequence length are capped at "
@@ -552,7 +553,8 @@ def metrics_section(path: str, out: Path) -> str:
         lines.append(f"- last training loss: {losses[-1]['loss']:.4f} (step {losses[-1].get('step', '?')})")
     if valids:
         best = min(valids, key=lambda r: r["valid_ppl"])
-        lines.append(f"- validation perplexity: last {valids[-1]['valid_ppl']:.2f} (step {valids[-1].get('step', '?')}), "
+        lines.append(f"- validation perplexity: last {valids[-1]['valid_ppl']:.2f} "
+                     f"(step {valids[-1].get('step', '?')}), "
                      f"best {best['valid_ppl']:.2f} (step {best.get('step', '?')})")
     rates = [r["tokens_per_s"] for r in records if _finite(r.get("tokens_per_s")) is not None]
     if rates:

@@ -274,6 +274,12 @@ def test_fp16_output_layer_stays_close_to_fp32(setup):
             assert (got - ref[:, t - 3]).abs().max() < 2e-3
     a = generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16")
     assert a.tolist() == generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16").tolist()
+    # "auto" (the default) samples with fp16 on a CPU and decodes greedily with fp32
+    assert generate_ids(model, [4, 5], 20, seed=1).tolist() == a.tolist()
+    assert (generate_ids(model, [4, 5], 20, greedy=True).tolist()
+            == generate_ids(model, [4, 5], 20, greedy=True, output_precision="fp32").tolist())
+    with pytest.raises(UsageError, match="output precision"):
+        generate_ids(model, [4, 5], 3, output_precision="int8")
 
 
 def test_prepared_weights_follow_parameter_updates(setup):
