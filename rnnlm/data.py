@@ -713,10 +713,14 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
-def _as_tokens(tokens: Any) -> torch.Tensor:
+def _window_tokens(tokens: Any, seq_len: int, name: str) -> torch.Tensor:
+    """tokens as a contiguous 1-D int64 tensor, with at least seq_len + 1 of them (one window and its targets)."""
     t = torch.as_tensor(tokens)
     if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ValueError(f"tokens must be a 1-D integer tensor, got {tuple(t.shape)} {t.dtype}")
+    if t.numel() < seq_len + 1:
+        raise UsageError(f"the {name} has {t.numel()} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
+                         f"use a larger corpus or a smaller --seq-len")
     return t.to(torch.int64).contiguous()
 
 
@@ -736,11 +740,8 @@ class StreamBatches:
     def __init__(self, tokens, batch_size: int, seq_len: int, *, name: str = "corpus", drop_last: bool = False):
         self.batch_size = _positive_int(batch_size, "batch size")
         self.seq_len = _positive_int(seq_len, "seq_len")
-        tokens = _as_tokens(tokens)
+        tokens = _window_tokens(tokens, self.seq_len, name)
         n, b, t = tokens.numel(), self.batch_size, self.seq_len
-        if n < t + 1:
-            raise UsageError(f"the {name} has {n} tokens, fewer than seq_len + 1 = {t + 1}: "
-                             f"use a larger corpus or a smaller --seq-len")
         if b * t + 1 > n:
             raise UsageError(f"batch size {b} is too large for the {name}: {n} tokens make at most "
                              f"{max_batch_size(n, t)} streams of seq_len {t}; use --batch-size "
@@ -810,11 +811,8 @@ class WindowBatches:
                  name: str = "corpus"):
         self.batch_size = _positive_int(batch_size, "batch size")
         self.seq_len = _positive_int(seq_len, "seq_len")
-        tokens = _as_tokens(tokens)
+        tokens = _window_tokens(tokens, self.seq_len, name)
         n, b, t = tokens.numel(), self.batch_size, self.seq_len
-        if n < t + 1:
-            raise UsageError(f"the {name} has {n} tokens, fewer than seq_len + 1 = {t + 1}: "
-                             f"use a larger corpus or a smaller --seq-len")
         self.num_starts = n - t
         if self.num_starts < b:
             raise UsageError(f"batch size {b} is too large for the {name}: {n} tokens make {self.num_starts} "

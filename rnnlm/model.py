@@ -14,7 +14,6 @@ Shapes: B batch, T time steps, E embed size, H hidden size, L layers, V vocabula
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -208,16 +207,8 @@ class WordRNN(nn.Module):
         targets = y.reshape(-1)
         if self._backend == "triton":
             _, cross_entropy = _triton_ops()
-            loss = _triton_cross_entropy(cross_entropy, flat, targets, reduction)
+            loss = cross_entropy(flat, targets, reduction=reduction)
         else:
             loss = F.cross_entropy(flat, targets, reduction=reduction)
         return loss, h_n
 
-
-def _triton_cross_entropy(cross_entropy, logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-    """kernels.cross_entropy with a reduction; a kernel that only has the mean is scaled by the target count."""
-    if reduction == "mean":
-        return cross_entropy(logits, targets)
-    if "reduction" in inspect.signature(cross_entropy).parameters:
-        return cross_entropy(logits, targets, reduction="sum")
-    return cross_entropy(logits, targets) * targets.numel()  # the kernel only has the mean

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 import kernels  # noqa: F401  (settles Triton's interpreter mode before any test imports triton)
 
@@ -40,3 +41,14 @@ def _isolated_cache(tmp_path_factory):
     mp.setenv("RNNLM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models gain nothing from a second thread, and on a busy machine
+    every OpenMP region waits for a descheduled thread (10x slower steps); results are bit-exact at any fixed
+    thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

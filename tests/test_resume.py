@@ -20,14 +20,7 @@ EPOCH_STEPS = {"stream": 21, "windows": 20}
 COMMON = ["--seq-len", "8", "--dropout", "0.25", "--num-layers", "2", "--sample-length", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models gain nothing from a second thread, and a busy machine makes every OpenMP region wait for
-    a descheduled thread (10x slower steps); results are bit-exact at any fixed thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _assert_same_state(a: dict, b: dict) -> None:

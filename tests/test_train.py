@@ -22,14 +22,7 @@ TINY = ["--embed-size", "16", "--hidden-size", "32", "--seq-len", "8", "--batch-
         "--no-progress", "--sample-length", "5"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models gain nothing from a second thread, and a busy machine makes every OpenMP region wait for
-    a descheduled thread (10x slower steps); results are bit-exact at any fixed thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_train(corpus, out, *args, expect=0):
