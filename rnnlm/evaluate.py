@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("warning: %s has changed since the checkpoint was trained on it; its splits may differ", path)
     tokens = split_corpus(corpus, vocab, split_fractions(payload.get("train_config")))[cfg.split]
     result = evaluate_tokens(model, tokens, batch_size=cfg.batch_size)
-    print(f"{cfg.split} perplexity: {result.perplexity:.2f} ({result.n_targets + 1} tokens, "
+    print(f"{cfg.split} perplexity: {result.perplexity:.4f} ({result.n_targets + 1} tokens, "
           f"{result.n_targets} predicted; backend {model.backend})")
     return 0
 

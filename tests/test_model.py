@@ -1,7 +1,6 @@
 """WordRNN: shapes, configuration errors, loss reductions, autocast, and the cudnn <-> triton switch."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 
@@ -14,15 +13,6 @@ from rnnlm.model import ModelConfig, WordRNN, resolve_backend, resolve_device
 
 V, E, H = 120, 16, 32
 
-
-def _kernels_available() -> bool:
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in ("kernels.rnn", "kernels.cross_entropy"))
-    except ImportError:
-        return False
-
-
-needs_kernels = pytest.mark.skipif(not _kernels_available(), reason="kernels.rnn / kernels.cross_entropy not built yet")
 
 
 def make_model(seed: int = 0, **overrides) -> WordRNN:
@@ -165,7 +155,6 @@ def test_triton_without_kernels_is_a_clear_error_not_a_fallback(monkeypatch):
     assert model.backend == "cudnn"  # a failed switch leaves the model as it was
 
 
-@needs_kernels
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_triton_backend_matches_cudnn(nonlinearity):
     model = make_model(nonlinearity=nonlinearity).eval()
@@ -182,7 +171,6 @@ def test_triton_backend_matches_cudnn(nonlinearity):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
 
 
-@needs_kernels
 @pytest.mark.slow
 def test_twenty_training_steps_agree_across_backends():
     x = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(1))

@@ -2,7 +2,6 @@
 resume that would not continue the same run is refused, with the differences listed."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -74,12 +73,7 @@ def test_resume_bit_identical_bf16(tiny_corpus, tmp_path):
     _check_resume(tiny_corpus, tmp_path, 4, 3, "--precision", "bf16", "--backend", "cudnn", *BATCHES["stream"])
 
 
-def _triton_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("kernels.rnn", "kernels.cross_entropy"))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _triton_available(), reason="kernels/rnn.py or kernels/cross_entropy.py not written yet")
 def test_resume_bit_identical_triton(tiny_corpus, tmp_path):
     _check_resume(tiny_corpus, tmp_path, 3, 2, "--backend", "triton", "--embed-size", "8", "--hidden-size", "16",
                   *BATCHES["stream"])

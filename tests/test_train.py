@@ -126,6 +126,26 @@ def test_train_end_to_end(tiny_corpus, tmp_path, capsys):
     assert {"vocab", "tokenizer", "corpus", "rng_state", "optimizer_state", "data_state"} <= set(last)
 
 
+@pytest.mark.slow
+def test_triton_backend_cli_trains_and_evaluates_like_cudnn(tiny_corpus, tmp_path):
+    """`python -m rnnlm.train --backend triton --max-steps 20` as a user runs it (interpreted kernels on a CPU);
+    its checkpoint then evaluates to the same perplexity on both backends."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-m", "rnnlm.train", "--data", str(tiny_corpus), "--out", str(out), *TINY,
+                    "--backend", "triton", "--max-steps", "20", "--eval-every", "10"],
+                   check=True, capture_output=True, text=True, env=env)
+    metrics = read_metrics(out)
+    assert metrics[-1]["step"] == 20 and math.isfinite(metrics[-1]["loss"])
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    ppl = {}
+    for backend in ("cudnn", "triton"):
+        done = subprocess.run([sys.executable, "-m", "rnnlm.evaluate", str(out / "last.pt"), "--backend", backend],
+                              check=True, capture_output=True, text=True, env=env)
+        ppl[backend] = float(done.stdout.split("perplexity:")[1].split()[0])
+    assert ppl["triton"] == pytest.approx(ppl["cudnn"], rel=1e-4)
+
+
 def test_windows_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
     """--batching windows starts every batch from zeros (no state saved); a vocabulary larger than the corpus
     has distinct words just takes them all."""
