@@ -36,4 +36,4 @@ def test_generate(run_bench, model_case, tools, num_samples, benchmark):
         return generate_ids(model, prompt, length, temperature=TEMPERATURE, num_samples=num_samples, seed=0)
 
     run_bench(step, backend=backend, shape=shape, tokens=length * num_samples, num_samples=num_samples,
-              length=length)
+              length=length, output_precision="auto (rnnlm.generate's default)")
