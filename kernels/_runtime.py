@@ -21,8 +21,9 @@ COMPILE_ONLY: bool = os.environ.get("RNNLM_KERNELS_COMPILE_ONLY") == "1"
 
 if not torch.cuda.is_available() and not COMPILE_ONLY:
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        # Kernels decorated before this point were built for a GPU and cannot run here.
-        log.warning("triton was imported before kernels without TRITON_INTERPRET=1 and there is no GPU")
+        # triton.language's own helpers were then built for a GPU, and interpreted kernels that call them fail.
+        log.warning("triton was imported before rnnlm's kernels on a machine with no GPU: import rnnlm (or "
+                    "kernels) first, or set TRITON_INTERPRET=1 in the environment")
     os.environ["TRITON_INTERPRET"] = "1"
 # Triton 3.9 warns on every compile unless the FMA-fusion default is chosen explicitly; keep fusion on.
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
