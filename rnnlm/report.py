@@ -423,8 +423,7 @@ def parity_section(rows: list[Row], cfg: ReportConfig) -> tuple[str, list[str]]:
         return text, problems
     intro = ("kernels.rnn.rnn (precision \"ieee\") against torch.nn.RNN, both in float64, tanh, with random "
              "upstream gradients on the output and h_n. Relative error = ‖triton − torch‖/‖torch‖, the "
-             "largest "
-             "over the outputs (output, h_n) and over the gradients (input, h0, every weight and bias).")
+             "largest over the outputs (output, h_n) and over the gradients (input, h0, every weight and bias).")
     if interp:
         intro += (f" Triton runs in its interpreter here: batch and sequence length are capped at "
                   f"{cfg.parity_max_batch} and {cfg.parity_max_steps} (sizes H, I and L as benchmarked).")

@@ -267,10 +267,11 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor 
     """(mean cross-entropy over the batch, new hidden state): model.loss's value, computed faster.
 
     On the cudnn backend the output layer and the loss run fused (linear_cross_entropy) with its three products
-    in compute_dtype (bf16 for --precision bf16), while the recurrence stays fp32 even under autocast: a bf16
-    state carried through T steps loses too much (on the default corpus, autocast over the whole model gave a
-    28% worse validation perplexity after 400 steps, the fp32 recurrence 6% better; the output layer is most
-    of a step's arithmetic anyway). The triton backend runs model.loss, i.e. the kernels.
+    in compute_dtype (bf16 for --precision bf16), while the recurrence stays fp32 even under autocast: its state is
+    carried from step to step and batch to batch, and the output layer is most of a step's arithmetic anyway, so
+    bf16 there buys little speed. (One 400-step run with autocast over the whole model ended at validation
+    perplexity 927 against fp32's 721, but single runs this early differ by more than that between seeds.)
+    The triton backend runs model.loss, i.e. the kernels.
     """
     if model.backend != "cudnn":
         return model.loss(x, y, hidden)

@@ -27,7 +27,6 @@ E, H = 16, 32
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture(scope="module")
 def setup(tiny_corpus):
     """(corpus, vocab, settings) for the tiny corpus."""

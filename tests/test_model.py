@@ -14,7 +14,6 @@ from rnnlm.model import ModelConfig, WordRNN, resolve_backend, resolve_device
 V, E, H = 120, 16, 32
 
 
-
 def make_model(seed: int = 0, **overrides) -> WordRNN:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=V, embed_size=E, hidden_size=H, num_layers=2)

@@ -2,7 +2,6 @@
 resume that would not continue the same run is refused, with the differences listed."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
