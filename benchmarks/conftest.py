@@ -13,12 +13,16 @@ The data-pipeline rows do not depend on the backend: their backend is "n/a" and 
 On a machine without a GPU the Triton kernels run in Triton's interpreter, which costs a fixed amount per
 Triton operation and says nothing about kernel speed: triton rows then run only at the small shape, and the
 other shapes are skipped with a reason. RNNLM_BENCH_INTERPRETED_SHAPES=small,default overrides that list.
+
+SHAPES grow B and H together (small, default, large). The recurrence forward benchmark also runs SWEEP_SHAPES,
+which change one size of the default model at a time, so that the report can plot throughput against B at a
+fixed H and against H at a fixed B.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +67,15 @@ SHAPES = {
                    vocab_size=10_000),
 }
 
+# One size at a time around "default" (B 64, H 512), the point both sweeps share: B 16/64/256 at H 512 and
+# H 128/512/1024 at B 64. Only the recurrence forward benchmark runs them (it parametrizes `shape` by name).
+SWEEP_SHAPES = {
+    "b16": replace(SHAPES["default"], name="b16", batch_size=16),
+    "b256": replace(SHAPES["default"], name="b256", batch_size=256),
+    "h128": replace(SHAPES["default"], name="h128", hidden_size=128),
+    "h1024": replace(SHAPES["default"], name="h1024", hidden_size=1024),
+}
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 RUNTIME = runtime_description()
 INTERPRETED = bool(RUNTIME["triton_interpreted"])
@@ -70,8 +83,8 @@ INTERPRETED_SHAPES = tuple(
     s.strip() for s in os.environ.get("RNNLM_BENCH_INTERPRETED_SHAPES", "small").split(",") if s.strip())
 
 # Timed rounds per shape: small on a CPU so that the whole suite stays under 5 minutes on 2 cores.
-ROUNDS_CPU = {"small": 5, "default": 3, "large": 2}
-ROUNDS_CUDA = {"small": 50, "default": 30, "large": 10}
+ROUNDS_CPU = {"small": 5, "default": 3, "large": 2, "b16": 3, "b256": 2, "h128": 3, "h1024": 2}
+ROUNDS_CUDA = {"small": 50, "default": 30, "large": 10, "b16": 30, "b256": 20, "h128": 30, "h1024": 20}
 
 
 def precision_label(backend: str) -> str:
@@ -100,7 +113,8 @@ def backend(request) -> str:
 
 @pytest.fixture(params=list(SHAPES))
 def shape(request) -> Shape:
-    return SHAPES[request.param]
+    """SHAPES by name; a test that parametrizes `shape` itself (indirect=True) may also name SWEEP_SHAPES."""
+    return {**SHAPES, **SWEEP_SHAPES}[request.param]
 
 
 @pytest.fixture

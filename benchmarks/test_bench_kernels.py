@@ -1,5 +1,6 @@
 """The kernels against the torch ops they replace: recurrence (forward, forward+backward), softmax, sampling,
-cross-entropy. Each test is parametrized by backend (cudnn = the torch op, triton = rnnlm's kernel) and shape.
+cross-entropy. Each test is parametrized by backend (cudnn = the torch op, triton = rnnlm's kernel) and shape;
+the recurrence forward also by the one-size-at-a-time shapes (conftest's SWEEP_SHAPES).
 
 Softmax, sampling and cross-entropy run on (B*T, V) logits of the shape (the rows of one training batch);
 their tokens/s counts rows, their GB/s the logits read (and, for softmax, the probabilities written).
@@ -37,7 +38,13 @@ def logits_for(shape, device, *, requires_grad: bool = False):
     return torch.randn(shape.tokens, shape.vocab_size, device=device, requires_grad=requires_grad)
 
 
+# small/default/large grow B and H together; conftest's SWEEP_SHAPES change one of them at a time around default,
+# so that the report can plot throughput against B at a fixed H and against H at a fixed B
+RECURRENCE_FORWARD_SHAPES = ("small", "default", "large", "b16", "b256", "h128", "h1024")
+
+
 @pytest.mark.benchmark(group="recurrence forward")
+@pytest.mark.parametrize("shape", RECURRENCE_FORWARD_SHAPES, indirect=True)
 def test_recurrence_forward(run_bench, model_case, tools):
     backend, shape = model_case
     rnn, x, h0 = make_rnn(shape, tools.device, requires_grad=False)

@@ -17,6 +17,9 @@ benchmark {"group", "name", "fullname", "params", "stats": {"median", "mean", "m
                          triton rows of a group are paired by shape (and by any other params).
     batch_size, seq_len, embed_size, hidden_size, num_layers, vocab_size
                          the sizes: the plot's axes (batch_size, hidden_size) and the parity check's shape.
+                         The plot shows tokens/s against B among rows that share every other size (and against
+                         H likewise), e.g. the recurrence forward's B 16/64/256 at H 512; a group without such
+                         rows (small/default/large grow B and H together) is plotted as is, titled as such.
     tokens_per_s         throughput (from the median round); also shown when present: gb_per_s, tflops_per_s.
                          If absent, tokens_per_round / median is used.
     precision, device, torch, triton, triton_interpreted (bool), threads
@@ -56,6 +59,11 @@ from rnnlm.errors import UsageError, run_cli
 PROG = "python -m rnnlm.report"
 BACKEND_ALIASES = {"cudnn": "cudnn", "torch": "cudnn", "aten": "cudnn", "triton": "triton"}
 SIZE_KEYS = ("batch_size", "seq_len", "embed_size", "hidden_size", "num_layers", "vocab_size")
+PLOT_AXES = ("batch_size", "hidden_size")
+SIZE_NAMES = {"batch_size": "batch size", "seq_len": "sequence length", "embed_size": "embedding size",
+              "hidden_size": "hidden size", "num_layers": "layers", "vocab_size": "vocabulary size"}
+SIZE_LETTERS = {"batch_size": "B", "seq_len": "T", "embed_size": "E", "hidden_size": "H", "num_layers": "L",
+                "vocab_size": "V"}
 PARITY_TOL_FP64 = 1e-12
 COLORS = {"cudnn": "tab:blue", "triton": "tab:orange"}
 
@@ -278,37 +286,118 @@ def _pyplot():
     return plt
 
 
-def throughput_plot(group: str, rows: list[Row], path: Path, interp: bool) -> bool:
-    """tokens/s against batch size and against hidden size, one series per backend; False if nothing to plot."""
-    pts = [(r, tokens_per_s(r)) for r in rows if r.backend in COLORS and tokens_per_s(r)]
-    pts = [(r, v) for r, v in pts if r.info.get("batch_size") is not None or r.info.get("hidden_size") is not None]
-    if not pts:
+@dataclass
+class Sweep:
+    """One panel of the throughput plot: tokens/s against `axis`, per backend."""
+
+    axis: str  # "batch_size" or "hidden_size"
+    points: dict[str, list[tuple[int, float, Row]]]  # backend -> (size on the axis, tokens/s, row), by size
+    fixed: dict[str, int]  # the other sizes that every point shares
+    also_varying: list[str]  # the other sizes that change from point to point (empty for a true sweep)
+
+    @property
+    def varies_together(self) -> bool:
+        return bool(self.also_varying)
+
+
+def sweep_points(rows: list[Row], axis: str) -> Sweep:
+    """The points to plot against `axis`: a one-dimension sweep (every other size fixed) where the group has one.
+
+    Rows are grouped by all their other sizes (and params); the group with the most distinct values of `axis`
+    is the sweep, e.g. B 16/64/256 at H 512 with T, E, L, V alike. When no two shapes differ in `axis` alone
+    (small/default/large grow B and H together), every row is a point and `also_varying` names what else
+    changes along the axis.
+    """
+    others = [k for k in SIZE_KEYS if k != axis]
+    measured = [(r, tokens_per_s(r)) for r in rows if r.backend in COLORS and r.info.get(axis) is not None]
+    measured = [(r, rate) for r, rate in measured if rate]
+    by_other_sizes: dict[tuple, list[tuple[Row, float]]] = {}
+    for r, rate in measured:
+        by_other_sizes.setdefault((r.variant, *(r.info.get(k) for k in others)), []).append((r, rate))
+
+    def distinct_sizes(pts: list[tuple[Row, float]]) -> int:
+        return len({r.info[axis] for r, _ in pts})
+
+    best = max(by_other_sizes.values(), key=lambda pts: (distinct_sizes(pts), len(pts)), default=[])
+    chosen = best if distinct_sizes(best) >= 2 else measured
+    values = {k: {r.info.get(k) for r, _ in chosen} for k in others}
+    return Sweep(axis=axis,
+                 points={b: sorted(((r.info[axis], rate, r) for r, rate in chosen if r.backend == b),
+                                   key=lambda p: p[0]) for b in COLORS},
+                 fixed={k: next(iter(v)) for k, v in values.items() if len(v) == 1 and None not in v},
+                 also_varying=[k for k, v in values.items() if len(v) > 1])
+
+
+def sweep_title(sweep: Sweep) -> str:
+    """What the panel holds fixed, e.g. "hidden size 512 fixed (and T 20, E 256, L 2, V 10000)"."""
+    xs = sorted({x for pts in sweep.points.values() for x, _, _ in pts})
+    letter = SIZE_LETTERS[sweep.axis]
+    if len(xs) < 2:
+        return f"a single {SIZE_NAMES[sweep.axis]} ({letter} {xs[0]})" if xs else f"no {SIZE_NAMES[sweep.axis]}"
+    if sweep.varies_together:
+        together = [SIZE_LETTERS[k] for k in SIZE_KEYS if k == sweep.axis or k in sweep.also_varying]
+        return (f"{', '.join(together[:-1])} and {together[-1]} vary together (no two shapes differ in "
+                f"{SIZE_NAMES[sweep.axis]} alone)")
+    held = next((k for k in PLOT_AXES if k != sweep.axis), None)
+    rest = _sizes({k: v for k, v in sweep.fixed.items() if k != held})
+    if held in sweep.fixed:
+        return f"{SIZE_NAMES[held]} {sweep.fixed[held]} fixed" + (f" (and {rest})" if rest != "–" else "")
+    return f"{rest} fixed" if rest != "–" else "other sizes unknown"
+
+
+def _log_tokens_axis(ax, rates: list[float]) -> None:
+    """A log tokens/s axis spanning at least a factor of 10 (else a 10% difference would fill the panel), with
+    ticks at 1, 2 and 5 per decade labelled like the tables (20k, 1.5M)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    if rates:
+        low, high = min(rates) / 1.3, max(rates) * 1.8  # more room above: the point labels
+        widen = math.sqrt(max(10.0 * low / high, 1.0))
+        ax.set_ylim(low / widen, high * widen)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _rate(value)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def throughput_plot(group: str, sweeps: list[Sweep], path: Path, interp: bool) -> bool:
+    """One panel per sweep (tokens/s against batch size, against hidden size), one series per backend; False if
+    there is no point to plot."""
+    if not any(pts for s in sweeps for pts in s.points.values()):
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, key, other, xlabel in ((axes[0], "batch_size", "hidden_size", "batch size B"),
-                                   (axes[1], "hidden_size", "batch_size", "hidden size H")):
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.4), constrained_layout=True,
+                             squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps):
+        missing = []
         for backend, color in COLORS.items():
-            series = sorted(((r.info.get(key), v, r) for r, v in pts if r.backend == backend
-                             and r.info.get(key) is not None), key=lambda p: p[0])
+            series = sweep.points[backend]
             if not series:
+                missing.append(backend)
                 continue
             label = backend + (" (interpreter)" if backend == "triton" and interp else "")
             ax.plot([p[0] for p in series], [p[1] for p in series], "o-", color=color, label=label, ms=6)
             for x, y, r in series:
-                ot = r.info.get(other)
-                note = f"{r.shape}" + (f"\n{'H' if other == 'hidden_size' else 'B'}={ot}" if ot is not None else "")
+                # a sweep's other sizes are in the title; otherwise each point names what else changed
+                note = r.shape + "".join(f"\n{SIZE_LETTERS[k]}={r.info.get(k)}" for k in sweep.also_varying
+                                         if k in PLOT_AXES)
                 ax.annotate(note, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color)
+        if missing:
+            ax.text(0.02, 0.02, f"no {' or '.join(missing)} rows at these sizes", transform=ax.transAxes,
+                    fontsize=7, color="dimgray")
         ax.set_xscale("log", base=2)
-        xs = sorted({r.info[key] for r, _ in pts if r.info.get(key) is not None})
+        xs = sorted({x for pts in sweep.points.values() for x, _, _ in pts})
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
-        ax.margins(x=0.2, y=0.15)
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
+        ax.margins(x=0.2)
+        _log_tokens_axis(ax, [y for pts in sweep.points.values() for _, y, _ in pts])
+        ax.set_xlabel(f"{SIZE_NAMES[sweep.axis]} {SIZE_LETTERS[sweep.axis]}")
         ax.set_ylabel("tokens/s")
+        ax.set_title(f"against {SIZE_NAMES[sweep.axis]}\n{sweep_title(sweep)}", fontsize=9,
+                     color="firebrick" if sweep.varies_together else "black")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(missing) < len(COLORS):
+            ax.legend(fontsize=8)
     title = f"{group}: throughput"
     if interp:
         title += "  (triton: interpreter timings, not kernel speed)"
@@ -379,6 +468,7 @@ def parity_section(rows: list[Row], cfg: ReportConfig) -> tuple[str, list[str]]:
              "fp64 ≤ 1e-12 |", "|---|---|---|---|---|---|---|"]
     kernels_ok = None
     interp = False
+    results: dict[tuple, dict] = {}  # (B, T, I, H, L) -> rnn_parity's errors
     for s in shapes:
         checked = f"B {s['batch_size']} T {s['seq_len']} I {s['input_size']} H {s['hidden_size']} L {s['num_layers']}"
         res = s.get("recorded")
@@ -404,8 +494,12 @@ def parity_section(rows: list[Row], cfg: ReportConfig) -> tuple[str, list[str]]:
                 b, t = min(b, cfg.parity_max_batch), min(t, cfg.parity_max_steps)
                 source = " (capped: interpreter)"
             checked = f"B {b} T {t} I {s['input_size']} H {s['hidden_size']} L {s['num_layers']}"
+            sizes = (b, t, s["input_size"], s["hidden_size"], s["num_layers"])
             try:
-                res = rnn_parity(b, t, s["input_size"], s["hidden_size"], s["num_layers"])
+                # capped, several shapes check the same sizes (default, b16 and b256 all at B 16 T 10 H 512)
+                if sizes not in results:
+                    results[sizes] = rnn_parity(*sizes)
+                res = results[sizes]
             except Exception as err:  # noqa: BLE001
                 problems.append(f"parity at shape {s['shape']} failed to run: {type(err).__name__}: {err}")
                 lines.append(f"| {s['shape']} | {checked} | error: {type(err).__name__} | | | | **no** |")
@@ -634,8 +728,10 @@ def build_report(cfg: ReportConfig) -> int:
             if notes:
                 md += [f"*{'; '.join(notes)}.*", ""]
             png = f"throughput_{_slug(group)}.png"
-            if throughput_plot(group, paired, out / png, interp):
-                md += [f"![{group}: throughput against batch and hidden size]({png})", ""]
+            sweeps = [sweep_points(paired, axis) for axis in PLOT_AXES]
+            if throughput_plot(group, sweeps, out / png, interp):
+                md += [f"![{group}: throughput against batch and hidden size]({png})", "",
+                       "*" + " ".join(f"Against {SIZE_NAMES[s.axis]}: {sweep_title(s)}." for s in sweeps) + "*", ""]
         if others:
             md += ["### Benchmarks without a backend", "", other_table(others), ""]
         md += ["## Parity: triton against nn.RNN in float64", ""]

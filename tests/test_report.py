@@ -16,8 +16,8 @@ SHAPES = {  # tiny sizes, so that the parity check (interpreted kernels) stays f
 }
 
 
-def bench_entry(group, backend, shape, median, **extra):
-    sizes = SHAPES[shape]
+def bench_entry(group, backend, shape, median, sizes=None, **extra):
+    sizes = sizes or SHAPES[shape]
     tokens = sizes["batch_size"] * sizes["seq_len"]
     info = dict(backend=backend, shape=shape, **sizes, tokens_per_round=tokens, tokens_per_s=tokens / median,
                 precision="fp32", device="cpu", torch="2.13.0+cpu", triton="3.9.0",
@@ -36,6 +36,20 @@ def bench_entry(group, backend, shape, median, **extra):
     }
 
 
+def bench_file(benchmarks):
+    """pytest-benchmark JSON around the given benchmark entries."""
+    return {
+        "machine_info": {"node": "testbox", "processor": "x86_64", "machine": "x86_64",
+                         "python_implementation": "CPython", "python_version": "3.11.9",
+                         "system": "Linux", "release": "6.1", "cpu": {"brand_raw": "Test CPU", "count": 2}},
+        "commit_info": {"id": "0123456789abcdef", "time": "2026-11-23T22:00:00+00:00", "dirty": True,
+                        "project": "rnnlm", "branch": "main"},
+        "benchmarks": benchmarks,
+        "datetime": "2026-11-23T22:30:00.000000+00:00",
+        "version": "5.1.0",
+    }
+
+
 def bench_json(groups=("recurrence forward", "recurrence forward+backward"), backends=("cudnn", "triton")):
     benchmarks = []
     for g in groups:
@@ -50,16 +64,7 @@ def bench_json(groups=("recurrence forward", "recurrence forward+backward"), bac
     data_row["params"] = {}
     data_row["extra_info"] = {"tokens_per_s": 20000.0}
     benchmarks.append(data_row)
-    return {
-        "machine_info": {"node": "testbox", "processor": "x86_64", "machine": "x86_64",
-                         "python_implementation": "CPython", "python_version": "3.11.9",
-                         "system": "Linux", "release": "6.1", "cpu": {"brand_raw": "Test CPU", "count": 2}},
-        "commit_info": {"id": "0123456789abcdef", "time": "2026-11-23T22:00:00+00:00", "dirty": True,
-                        "project": "rnnlm", "branch": "main"},
-        "benchmarks": benchmarks,
-        "datetime": "2026-11-23T22:30:00.000000+00:00",
-        "version": "5.1.0",
-    }
+    return bench_file(benchmarks)
 
 
 def write(tmp_path, data, name="bench.json"):
@@ -96,6 +101,8 @@ def test_full_report_tables_plots_parity(tmp_path, capsys):
     assert "testbox" in md and "Test CPU" in md and "0123456789ab (dirty)" in md
     for png in ("throughput_recurrence_forward.png", "throughput_recurrence_forward_backward.png"):
         assert (out / png).stat().st_size > 5000 and f"]({png})" in md
+    # small and default differ in more than B and H: the plot must not pass for a one-size sweep
+    assert "*Against batch size: B, T, H, L and V vary together (no two shapes differ in batch size alone)." in md
     assert "## Parity: triton against nn.RNN in float64" in md
     if HAVE_RNN:
         # both shapes checked, both pass fp64 tolerance
@@ -105,6 +112,100 @@ def test_full_report_tables_plots_parity(tmp_path, capsys):
     else:
         assert "kernels.rnn cannot be imported" in md
     assert "no triton rows" not in capsys.readouterr().err
+
+
+# benchmarks/conftest.py's shapes as (B, E, H, V), all at T 20 and L 2: small/default/large grow B and H together,
+# the sweeps change one of them around default
+BENCH_SHAPES = {
+    "small": (16, 128, 128, 2_000), "default": (64, 256, 512, 10_000), "large": (256, 256, 1024, 10_000),
+    "b16": (16, 256, 512, 10_000), "b256": (256, 256, 512, 10_000),
+    "h128": (64, 256, 128, 10_000), "h1024": (64, 256, 1024, 10_000),
+}
+SWEPT = ("small", "default", "large", "b16", "b256", "h128", "h1024")  # the recurrence forward's shapes
+
+
+def bench_shapes_json(shapes, triton_shapes=("small",)):
+    """A recurrence forward group at the benchmark's sizes: cudnn at every shape, triton (interpreted) at
+    triton_shapes; every median differs, so that each point can be told apart."""
+    entries = []
+    for i, name in enumerate(shapes):
+        b, e, h, v = BENCH_SHAPES[name]
+        sizes = dict(batch_size=b, seq_len=20, embed_size=e, hidden_size=h, num_layers=2, vocab_size=v)
+        for backend in ("cudnn", "triton") if name in triton_shapes else ("cudnn",):
+            median = 0.01 * (i + 1) * (50 if backend == "triton" else 1)
+            entries.append(bench_entry("recurrence forward", backend, name, median, sizes=sizes))
+    return bench_file(entries)
+
+
+def plotted(sweep):
+    """backend -> [(size, tokens/s)] of a Sweep."""
+    return {backend: [(x, rate) for x, rate, _ in pts] for backend, pts in sweep.points.items()}
+
+
+@pytest.mark.parametrize("triton_shapes", [("small",), ("small", "default")])
+def test_sweep_points_vary_one_size_at_a_time(triton_shapes):
+    rows, problems, _ = rep.parse_benchmarks(bench_shapes_json(SWEPT, triton_shapes), "bench.json")
+    assert not problems
+    rate = {(r.backend, r.shape): rep.tokens_per_s(r) for r in rows}
+    triton_at_default = [(64, rate["triton", "default"])] if "default" in triton_shapes else []
+
+    by_batch = rep.sweep_points(rows, "batch_size")
+    assert plotted(by_batch) == {"cudnn": [(16, rate["cudnn", "b16"]), (64, rate["cudnn", "default"]),
+                                           (256, rate["cudnn", "b256"])],
+                                 "triton": triton_at_default}  # not small: it is at H 128
+    assert by_batch.fixed == dict(seq_len=20, embed_size=256, hidden_size=512, num_layers=2, vocab_size=10_000)
+    assert not by_batch.varies_together
+    assert rep.sweep_title(by_batch) == "hidden size 512 fixed (and T 20 E 256 L 2 V 10000)"
+
+    by_hidden = rep.sweep_points(rows, "hidden_size")
+    triton_at_default = [(512, rate["triton", "default"])] if "default" in triton_shapes else []
+    assert plotted(by_hidden) == {"cudnn": [(128, rate["cudnn", "h128"]), (512, rate["cudnn", "default"]),
+                                            (1024, rate["cudnn", "h1024"])],
+                                  "triton": triton_at_default}
+    assert by_hidden.fixed == dict(batch_size=64, seq_len=20, embed_size=256, num_layers=2, vocab_size=10_000)
+    assert not by_hidden.varies_together
+    assert rep.sweep_title(by_hidden) == "batch size 64 fixed (and T 20 E 256 L 2 V 10000)"
+
+
+def test_sweep_points_without_a_sweep_say_the_sizes_vary_together():
+    rows, _, _ = rep.parse_benchmarks(bench_shapes_json(("small", "default", "large")), "bench.json")
+    rate = {(r.backend, r.shape): rep.tokens_per_s(r) for r in rows}
+    by_batch = rep.sweep_points(rows, "batch_size")
+    assert plotted(by_batch) == {"cudnn": [(16, rate["cudnn", "small"]), (64, rate["cudnn", "default"]),
+                                           (256, rate["cudnn", "large"])],
+                                 "triton": [(16, rate["triton", "small"])]}
+    assert by_batch.varies_together and by_batch.also_varying == ["embed_size", "hidden_size", "vocab_size"]
+    assert by_batch.fixed == dict(seq_len=20, num_layers=2)
+    assert rep.sweep_title(by_batch) == "B, E, H and V vary together (no two shapes differ in batch size alone)"
+    by_hidden = rep.sweep_points(rows, "hidden_size")
+    assert by_hidden.varies_together and by_hidden.also_varying == ["batch_size", "embed_size", "vocab_size"]
+    assert "vary together" in rep.sweep_title(by_hidden)
+
+
+def test_report_with_sweep_shapes(tmp_path, monkeypatch):
+    checked = []
+
+    def fake_parity(*sizes):
+        checked.append(sizes)
+        return {"forward_max_abs": 1e-15, "forward_rel": 1e-16, "grad_max_abs": 1e-14, "grad_rel": 1e-15}
+
+    monkeypatch.setattr(rep, "rnn_parity", fake_parity)
+    data = bench_shapes_json(SWEPT)
+    out = tmp_path / "o"
+    code, _ = run_main([write(tmp_path, data), "--out", out, "--no-compile"])
+    assert code == 0
+    md = (out / "report.md").read_text()
+    for name in SWEPT:  # the table lists every shape, in benchmark order
+        b, e, h, v = BENCH_SHAPES[name]
+        assert f"\n| {name} | B {b} T 20 E {e} H {h} L 2 V {v} |" in md
+    assert ("*Against batch size: hidden size 512 fixed (and T 20 E 256 L 2 V 10000). Against hidden size: "
+            "batch size 64 fixed (and T 20 E 256 L 2 V 10000).*") in md
+    assert (out / "throughput_recurrence_forward.png").stat().st_size > 5000
+    assert [s["shape"] for s in rep.parity_shapes(rep.parse_benchmarks(data, "b")[0])] == list(SWEPT)
+    if HAVE_RNN:  # every shape gets a parity row; the same (capped) sizes are computed once
+        parity_rows = [line for line in md.splitlines() if line.endswith("| yes |")]
+        assert [line.split(" | ")[0] for line in parity_rows] == [f"| {name}" for name in SWEPT]
+        assert len(checked) == len(set(checked))
 
 
 def test_parity_read_from_extra_info(tmp_path):

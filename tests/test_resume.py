@@ -13,7 +13,8 @@ from test_train import TINY, read_metrics, run_train, _cli_error
 
 # Short epochs, so that runs cross epoch boundaries: the tiny corpus's training split (5,289 tokens) makes 21
 # windows per epoch as 32 streams of 8 tokens, and 20 batches per epoch of 256 random windows of 8 tokens.
-BATCHES = {"stream": ["--batch-size", "32"], "windows": ["--batch-size", "256"]}
+BATCHES = {"stream": ["--batching", "stream", "--batch-size", "32"],
+           "windows": ["--batching", "windows", "--batch-size", "256"]}
 EPOCH_STEPS = {"stream": 21, "windows": 20}
 COMMON = ["--seq-len", "8", "--dropout", "0.25", "--num-layers", "2", "--sample-length", "0"]
 
@@ -64,8 +65,7 @@ def _check_resume(corpus, tmp_path, n: int, m: int, *args) -> None:
 def test_resume_bit_identical_cudnn(tiny_corpus, tmp_path, batching, where):
     """Stopped in the middle of epoch 1 (the resumed part crosses into epoch 2), or exactly at its end."""
     n = 9 if where == "mid-epoch" else EPOCH_STEPS[batching]
-    _check_resume(tiny_corpus, tmp_path, n, EPOCH_STEPS[batching] + 5 - n, "--batching", batching,
-                  *BATCHES[batching], "--backend", "cudnn")
+    _check_resume(tiny_corpus, tmp_path, n, EPOCH_STEPS[batching] + 5 - n, *BATCHES[batching], "--backend", "cudnn")
 
 
 def test_resume_bit_identical_bf16(tiny_corpus, tmp_path):

@@ -122,7 +122,7 @@ def test_train_end_to_end(tiny_corpus, tmp_path, capsys):
     last, best = load_checkpoint(out / "last.pt"), load_checkpoint(out / "best.pt")
     assert last["step"] == 60 and last["train_config"]["max_steps"] == 60
     assert best["best_valid_ppl"] == min(r["valid_ppl"] for r in rows if "valid_ppl" in r)
-    assert last["hidden"].shape == (2, 4, 32)               # the carried state, (L, B, H)
+    assert last["train_config"]["batching"] == "windows" and last["hidden"] is None  # the default: no carried state
     assert {"vocab", "tokenizer", "corpus", "rng_state", "optimizer_state", "data_state"} <= set(last)
 
 
@@ -146,14 +146,14 @@ def test_triton_backend_cli_trains_and_evaluates_like_cudnn(tiny_corpus, tmp_pat
     assert ppl["triton"] == pytest.approx(ppl["cudnn"], rel=1e-4)
 
 
-def test_windows_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
-    """--batching windows starts every batch from zeros (no state saved); a vocabulary larger than the corpus
+def test_stream_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
+    """--batching stream carries the hidden state (saved in the checkpoint); a vocabulary larger than the corpus
     has distinct words just takes them all."""
     out = tmp_path / "run"
-    run_train(tiny_corpus, out, "--batching", "windows", "--max-steps", 8, "--eval-every", 4,
+    run_train(tiny_corpus, out, "--batching", "stream", "--max-steps", 8, "--eval-every", 4,
               "--vocab-size", 100000, "--sample-length", 0)
     last = load_checkpoint(out / "last.pt")
-    assert last["hidden"] is None
+    assert last["hidden"].shape == (2, 4, 32)               # the carried state, (L, B, H)
     assert 3 < len(last["vocab"]) < 1000
     assert last["model_config"]["vocab_size"] == len(last["vocab"])
     assert "sample:" not in capsys.readouterr().out
@@ -197,9 +197,9 @@ def test_bad_options(tiny_corpus, tmp_path, capsys, args, expected):
 
 
 def test_batch_larger_than_corpus(tiny_corpus, tmp_path, capsys):
-    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY, "--batch-size", "5000"],
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY, "--batch-size", "9000"],
                       capsys)
-    assert "batch size 5000 is too large" in line and "--batch-size" in line
+    assert "batch size 9000 is too large" in line and "--batch-size" in line
 
 
 def test_seq_len_longer_than_corpus(tmp_path, capsys):
