@@ -261,12 +261,94 @@ def test_fp16_output_layer_stays_close_to_fp32(setup):
             assert (got - ref[:, t - 3]).abs().max() < 2e-3
     a = generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16")
     assert a.tolist() == generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16").tolist()
-    # "auto" (the default) samples with fp16 on a CPU and decodes greedily with fp32
-    assert generate_ids(model, [4, 5], 20, seed=1).tolist() == a.tolist()
+    # "auto" (the default) samples with fp16 on a CPU below INT8_MIN_TEMPERATURE or with top-k / top-p, with the
+    # int8 envelope above it, and decodes greedily with fp32
+    assert (generate_ids(model, [4, 5], 20, seed=1, temperature=0.3).tolist()
+            == generate_ids(model, [4, 5], 20, seed=1, temperature=0.3, output_precision="fp16").tolist())
+    assert (generate_ids(model, [4, 5], 20, seed=1, top_k=5).tolist()
+            == generate_ids(model, [4, 5], 20, seed=1, top_k=5, output_precision="fp16").tolist())
+    assert (generate_ids(model, [4, 5], 20, seed=1, temperature=0.8).tolist()
+            == generate_ids(model, [4, 5], 20, seed=1, temperature=0.8, output_precision="int8").tolist())
     assert (generate_ids(model, [4, 5], 20, greedy=True).tolist()
             == generate_ids(model, [4, 5], 20, greedy=True, output_precision="fp32").tolist())
     with pytest.raises(UsageError, match="output precision"):
-        generate_ids(model, [4, 5], 3, output_precision="int8")
+        generate_ids(model, [4, 5], 3, output_precision="int4")
+
+
+# -- the int8 envelope: exact draws from the fp32 softmax while reading int8 weights ---------------------------
+
+def envelope_for(v: int, h: int, seed: int = 0) -> gen._Int8Envelope:
+    """An envelope over a (v, h) layer whose rows differ in scale (per-row quantization steps differ)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(v, h, generator=g) * torch.rand(v, 1, generator=g) * 0.3
+    bias = torch.randn(v, generator=g) * 0.5
+    envelope = gen._int8_envelope(weight, bias)
+    if envelope is None:
+        pytest.skip("fbgemm int8 is not available on this machine")
+    return envelope
+
+
+def test_int8_envelope_bounds_the_exact_logits():
+    envelope = envelope_for(2000, 128)
+    w64, b64 = envelope.weight.double(), envelope.bias.double()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.rand(1, 128, generator=g) * 2 - 1, torch.tanh(3 * torch.randn(1, 128, generator=g)),
+          torch.rand(1, 128, generator=g), -torch.rand(1, 128, generator=g), torch.zeros(1, 128),
+          torch.randn(1, 128, generator=g) * 40, torch.randn(1, 128, generator=g) * 1e-4,
+          torch.cat([torch.full((1, 1), 50.0), torch.rand(1, 127, generator=g) * 1e-3], 1)]
+    for i, x in enumerate(xs):  # hidden states like the model's, one-signed, zero, huge, tiny, one spike
+        up = envelope.upper_logits(x)[0].double()
+        exact = x.double() @ w64.t() + b64                                       # float64 reference
+        in_fp32 = torch.addmv(envelope.bias, envelope.weight, x[0]).double()     # what the acceptance test computes
+        assert bool((up >= exact).all()) and bool((up >= in_fp32).all()), i
+        if i < 4:  # not vacuous for hidden states like the model's: within ~20x of the int8 logits' actual error
+            zq = torch.ops.quantized.linear_dynamic(x, envelope.packed, True)[0].double()
+            assert (up - exact).max() <= 20 * (zq - exact).abs().max(), i
+
+
+@pytest.mark.parametrize("inflate", [False, True])
+def test_int8_envelope_draws_are_exact(inflate):
+    """Chi-square of 40,000 draws against softmax(z / T) in float64. With inflate, the bound is loosened unevenly
+    (the envelope then differs grossly from the target): the rejection step alone has to make the draws exact."""
+    from test_sample_kernel import chi_square_p_value
+
+    envelope = envelope_for(40, 32, seed=2)
+    if inflate:
+        envelope.bound_rows[3] += torch.rand(40, generator=torch.Generator().manual_seed(3)) * 2.0
+    x = torch.tanh(torch.randn(1, 32, generator=torch.Generator().manual_seed(4)) * 2)
+    temperature, n = 0.8, 40_000
+    probs = torch.softmax((x.double() @ envelope.weight.double().t() + envelope.bias.double())[0] / temperature, -1)
+    out = torch.empty(n, 1, dtype=torch.int64)
+    envelope.draw(x.expand(n, -1), 1 / temperature, torch.Generator().manual_seed(5), out)
+    counts = torch.bincount(out.view(-1), minlength=40)
+    assert chi_square_p_value(counts, probs) > 1e-4
+    assert envelope.fallbacks == 0
+    if inflate:  # the proposals alone follow the envelope, which the test can tell apart from the target
+        up = envelope.upper_logits(x)[0].double()
+        assert chi_square_p_value(counts, torch.softmax(up / temperature, -1)) < 1e-9
+
+
+def test_int8_envelope_falls_back_to_fp32_when_its_bound_fails(caplog):
+    envelope = envelope_for(300, 32)
+    envelope.bound_rows.zero_()            # the int8 logits themselves as the "bound": often below the exact ones
+    x = torch.tanh(torch.randn(64, 32, generator=torch.Generator().manual_seed(6)) * 2)
+    out = torch.full((64, 1), -1, dtype=torch.int64)
+    envelope.draw(x, 1 / 0.8, torch.Generator().manual_seed(7), out)
+    assert envelope.bound_exceeded and envelope.fallbacks > 0
+    assert bool(((out >= 0) & (out < 300)).all())
+    assert "bound was exceeded" in caplog.text
+
+
+def test_int8_envelope_at_a_very_low_temperature_stays_exact():
+    """T = 1e-3: proposals are almost never accepted; after MAX_ROUNDS the word is an exact fp32 draw (here the
+    argmax)."""
+    envelope = envelope_for(300, 32)
+    x = torch.tanh(torch.randn(8, 32, generator=torch.Generator().manual_seed(8)) * 2)
+    out = torch.empty(8, 1, dtype=torch.int64)
+    envelope.draw(x, 1 / 1e-3, torch.Generator().manual_seed(9), out)
+    exact = torch.addmm(envelope.bias, x, envelope.weight.t())
+    assert out.view(-1).tolist() == exact.argmax(-1).tolist()
+    assert not envelope.bound_exceeded
 
 
 def test_prepared_weights_follow_parameter_updates(setup):
