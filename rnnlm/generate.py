@@ -18,7 +18,8 @@ a dozen ATen calls. The prepared copies are cached per model (until its paramete
 device with one uniform per sample, drawn for all steps at once: softmax(z / T), its cumulative sum and a binary
 search (torch.searchsorted) for u; no copy to numpy, no per-word Python beyond the loop itself.
 When sampling on a CPU (output_precision "auto", the default; "fp32" turns it off) the step reads a smaller copy
-of W instead. At temperatures from 0.5 up without top-k / top-p: an int8 copy (a quarter of the bytes), and the
+of W instead. For one sample from a large output layer (the default model's) at temperatures from 0.5 up without
+top-k / top-p: an int8 copy (a quarter of the bytes), and the
 draw stays exact: the int8 logits plus a proven error bound are an upper envelope of the fp32 logits, and
 rejection sampling against it, with the fp32 logits of a few proposed words only, draws exactly from the fp32
 softmax (_Int8Envelope; 5,400-6,000 words/s for the default model against 4,050-4,400 with fp16). Otherwise an
@@ -87,7 +88,12 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 OUTPUT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
-INT8_MIN_TEMPERATURE = 0.5  # "auto" uses the int8 envelope from here up (below, too many proposals are rejected)
+# "auto" uses the int8 envelope for one sample at temperatures from INT8_MIN_TEMPERATURE up (below, too many
+# proposals are rejected) and output layers of at least INT8_MIN_OUTPUT_WEIGHTS entries (V x H): measured on this
+# 2-core CPU, int8 against fp16 words/s: V x H 0.26 M: 13k vs 30k, 1.3 M: 10k vs 14k, 2.6 M: 7.2-8.8k vs 6.5-8.0k,
+# 5.1 M: 6.0k vs 4.0k, 15 M: 3.6k vs 1.0k. Batches stay on fp16, which reads the weights once for every row.
+INT8_MIN_TEMPERATURE = 0.5
+INT8_MIN_OUTPUT_WEIGHTS = 2_000_000
 SHIFT_BELOW = 1e-3  # temperatures below this subtract the row maximum first, so logits / T cannot overflow
 
 
@@ -378,9 +384,10 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
     output_precision (cudnn backend, steps after the first word): "fp32" exact; "fp16" the output layer's weights in
     fp16 (fbgemm, CPU; logits within ~1e-3, half the memory traffic of the step's dominant mat-vec); "int8" exact
     draws that read an int8 copy of the weights (_Int8Envelope: rejection sampling against a proven bound; plain
-    temperature sampling only, CPU; greedy, top-k and top-p get the exact fp32 logits); "auto" = int8 when sampling
-    on a CPU without top-k / top-p at a temperature of at least INT8_MIN_TEMPERATURE, fp16 for lower temperatures
-    or with top-k / top-p, fp32 for greedy decoding (whose argmax must be the model's own) and on a GPU.
+    temperature sampling only, CPU; greedy, top-k and top-p get the exact fp32 logits); "auto" = int8 when drawing
+    one sample on a CPU without top-k / top-p at a temperature of at least INT8_MIN_TEMPERATURE from an output layer
+    of at least INT8_MIN_OUTPUT_WEIGHTS entries, else fp16 on a CPU; fp32 for greedy decoding (whose argmax must be
+    the model's own) and on a GPU.
     """
     if len(prompt_ids) == 0:
         raise UsageError("the prompt is empty (no words after tokenization); give at least one word")
@@ -399,7 +406,9 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
         if device.type != "cpu" or greedy:
             output_precision = "fp32"
         else:
-            output_precision = "int8" if not filtered and t_eff >= INT8_MIN_TEMPERATURE else "fp16"
+            int8 = (num_samples == 1 and not filtered and t_eff >= INT8_MIN_TEMPERATURE
+                    and model.fc.weight.numel() >= INT8_MIN_OUTPUT_WEIGHTS)
+            output_precision = "int8" if int8 else "fp16"
     vocab_size = model.config.vocab_size
     bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
     if bad:
@@ -496,9 +505,9 @@ class GenerateConfig:
                                    help="output layer weights per step on the cudnn backend: fp32 (exact), fp16 "
                                         "(fbgemm, CPU: half the memory traffic per word, logits within ~1e-3), "
                                         "int8 (CPU: a quarter of the traffic, draws still exact by rejection "
-                                        "sampling; plain temperature sampling only), auto (int8 when sampling on a "
-                                        "CPU at temperature >= 0.5 without --top-k/--top-p, else fp16; fp32 for "
-                                        "--greedy)")
+                                        "sampling; plain temperature sampling only), auto (int8 for one sample on "
+                                        "a CPU at temperature >= 0.5 without --top-k/--top-p from a large output "
+                                        "layer, else fp16; fp32 for --greedy)")
 
     def validate(self) -> None:
         require_positive("--length", self.length)

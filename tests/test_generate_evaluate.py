@@ -246,7 +246,7 @@ def test_seeded_generation_is_reproducible(setup):
     assert ids.tolist() == generate_ids(model, [4, 5], 25, seed=3, top_k=5, top_p=0.9).tolist()
 
 
-def test_fp16_output_layer_stays_close_to_fp32(setup):
+def test_fp16_output_layer_stays_close_to_fp32(setup, monkeypatch):
     vocab = setup[1]
     model = make_model(len(vocab))
     seq = torch.randint(0, len(vocab), (2, 6), generator=torch.Generator().manual_seed(5))
@@ -261,14 +261,18 @@ def test_fp16_output_layer_stays_close_to_fp32(setup):
             assert (got - ref[:, t - 3]).abs().max() < 2e-3
     a = generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16")
     assert a.tolist() == generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16").tolist()
-    # "auto" (the default) samples with fp16 on a CPU below INT8_MIN_TEMPERATURE or with top-k / top-p, with the
-    # int8 envelope above it, and decodes greedily with fp32
-    assert (generate_ids(model, [4, 5], 20, seed=1, temperature=0.3).tolist()
-            == generate_ids(model, [4, 5], 20, seed=1, temperature=0.3, output_precision="fp16").tolist())
-    assert (generate_ids(model, [4, 5], 20, seed=1, top_k=5).tolist()
-            == generate_ids(model, [4, 5], 20, seed=1, top_k=5, output_precision="fp16").tolist())
-    assert (generate_ids(model, [4, 5], 20, seed=1, temperature=0.8).tolist()
-            == generate_ids(model, [4, 5], 20, seed=1, temperature=0.8, output_precision="int8").tolist())
+    # "auto" (the default) on a CPU: the int8 envelope for one sample at T >= INT8_MIN_TEMPERATURE without top-k /
+    # top-p from an output layer of at least INT8_MIN_OUTPUT_WEIGHTS entries, fp16 otherwise; greedy with fp32
+    def auto_is(precision, **kwargs):
+        return (generate_ids(model, [4, 5], 20, seed=1, **kwargs).tolist()
+                == generate_ids(model, [4, 5], 20, seed=1, output_precision=precision, **kwargs).tolist())
+
+    assert model.fc.weight.numel() < gen.INT8_MIN_OUTPUT_WEIGHTS
+    assert auto_is("fp16", temperature=0.8)                                  # a small output layer
+    monkeypatch.setattr(gen, "INT8_MIN_OUTPUT_WEIGHTS", 0)
+    assert auto_is("int8", temperature=0.8)
+    assert auto_is("fp16", temperature=0.3) and auto_is("fp16", top_k=5) and auto_is("fp16", num_samples=3)
+    assert not auto_is("int8", temperature=0.3)                               # the two paths do differ
     assert (generate_ids(model, [4, 5], 20, greedy=True).tolist()
             == generate_ids(model, [4, 5], 20, greedy=True, output_precision="fp32").tolist())
     with pytest.raises(UsageError, match="output precision"):
