@@ -205,8 +205,12 @@ def test_top_k_and_top_p_filters():
 
 # -- generation ------------------------------------------------------------------------------------------------------
 
-def test_stepper_logits_equal_the_models_forward(setup):
+@pytest.mark.parametrize("input_table", [True, False])
+def test_stepper_logits_equal_the_models_forward(setup, monkeypatch, input_table):
+    """With layer 0's input looked up in its (V, H) table, and computed each step (a vocabulary too large for it)."""
     vocab = setup[1]
+    if not input_table:
+        monkeypatch.setattr(gen, "INPUT_TABLE_MAX_BYTES", 0)
     for nonlinearity in ("tanh", "relu"):
         model = make_model(len(vocab), nonlinearity=nonlinearity)
         seq = torch.randint(0, len(vocab), (3, 9), generator=torch.Generator().manual_seed(2))
@@ -214,6 +218,7 @@ def test_stepper_logits_equal_the_models_forward(setup):
             ref, _ = model(seq)
             logits, hidden = model(seq[:, :4])
             stepper = gen._TorchStepper(model, hidden)
+            assert (stepper.w.input_table is not None) == input_table
             for t in range(4, 9):
                 torch.testing.assert_close(stepper.step(seq[:, t]), ref[:, t], rtol=1e-5, atol=1e-5)
 
