@@ -14,7 +14,7 @@ Measures, on the same corpus (the default corpus unless --data):
 - generate: the baseline's `generate:` tokens/s (one sample, 500 tokens) against rnnlm's generation from the
   fp32 run's checkpoint.
 Prints a table (metric, baseline, ours, ratio, target, pass/fail); --json OUT also saves it. The default
-budget takes about 11 minutes on a 2-core CPU; --steps and --baseline-batches trade accuracy for time.
+budget takes about 4 minutes on a 2-core CPU; --steps and --baseline-batches trade accuracy for time.
 """
 from __future__ import annotations
 

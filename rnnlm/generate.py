@@ -20,13 +20,13 @@ drawn for all steps at once: softmax(z / T), its cumulative sum and a binary sea
 copy to numpy, no per-word Python beyond the loop itself.
 When sampling on a CPU (output_precision "auto", the default; "fp32" turns it off) the step reads a smaller copy
 of W instead. For one sample from a large output layer (the default model's) at temperatures from 0.5 up without
-top-k / top-p: an int8 copy (a quarter of the bytes), and the
-draw stays exact: the int8 logits plus a proven error bound are an upper envelope of the fp32 logits, and
-rejection sampling against it, with the fp32 logits of a few proposed words only, draws exactly from the fp32
-softmax (_Int8Envelope; 6,400-6,600 words/s for the default model against 4,300-4,400 with fp16). Otherwise an
-fbgemm-packed fp16 copy: fp32 activations and accumulation, half the bytes per step, logits within about 1e-3
-of fp32 (probabilities within 0.2% at T = 0.8). Preparing either copy costs about 0.1 s once per model. Greedy
-decoding keeps fp32, so its argmax is exactly the model's.
+top-k / top-p: an int8 copy (a quarter of the bytes), and the draw stays exact: the int8 logits plus a proven
+error bound are an upper envelope of the fp32 logits, and rejection sampling against it, with the fp32 logits of
+a few proposed words only, draws exactly from the fp32 softmax (_Int8Envelope; 6,400-6,600 words/s for the
+default model against 4,300-4,400 with fp16). Otherwise an fbgemm-packed fp16 copy: fp32 activations and
+accumulation, half the bytes per step, logits within about 1e-3 of fp32 (probabilities within 0.2% at T = 0.8).
+Preparing either copy costs about 0.1 s once per model. Greedy decoding keeps fp32, so its argmax is exactly the
+model's.
 
 The triton backend runs the model's own kernels: kernels.rnn for the recurrence (one time step per call) and
 kernels.sample (Gumbel-max, counter-based RNG keyed by the seed) for the draw.
@@ -318,14 +318,16 @@ class _Int8Envelope:
             if token is None or token is _BOUND_EXCEEDED:
                 self.fallbacks += 1
                 logits = torch.addmm(self.bias, row, self.weight.t())
-                _draw(logits, inv_temperature, False, torch.rand((1, 1), generator=generator), out[n:n + 1])
+                _draw(logits, inv_temperature, inv_temperature > 1 / SHIFT_BELOW,
+                      torch.rand((1, 1), generator=generator), out[n:n + 1])
             else:
                 out[n, 0] = token
 
     def _rejection_draw(self, row: torch.Tensor, inv_temperature: float, generator: torch.Generator):
         """The accepted word for row (1, H); None after MAX_ROUNDS without an acceptance; _BOUND_EXCEEDED."""
         up = self.upper_logits(row)[0]                                        # (V,)
-        cdf = torch.softmax(up * inv_temperature, dim=-1).cumsum_(dim=-1)
+        shifted = up - up.max() if inv_temperature > 1 / SHIFT_BELOW else up  # as in _draw: no overflow at tiny T
+        cdf = torch.softmax(shifted * inv_temperature, dim=-1).cumsum_(dim=-1)
         for _ in range(self.MAX_ROUNDS):
             u = torch.rand(2, self.PROPOSALS, generator=generator)
             idx = torch.searchsorted(cdf, u[0] * cdf[-1], right=True).clamp_(max=cdf.numel() - 1)
