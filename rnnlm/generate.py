@@ -137,7 +137,7 @@ class _StepWeights:
     input_table: torch.Tensor | None  # (V, H) embedding @ W_ih^T + b of layer 0: a word's input term, looked up
     fc_w_t: torch.Tensor | None  # (H, V), the fp32 output layer (None when fp16 is used)
     fc_fp16: object  # fbgemm's packed fp16 (V, H) output weights, or None
-    fc_int8: "_Int8Envelope | None"  # the int8 envelope for exact draws (output precision int8), or None
+    fc_int8: "_Int8Envelope | None"  # the int8 envelope (output precision int8; then use hidden_step), or None
     fc_b: torch.Tensor  # (V,)
 
 
@@ -218,8 +218,6 @@ class _TorchStepper:
         x = self.hidden_step(tokens)
         if w.fc_fp16 is not None:
             return torch.fbgemm_linear_fp16_weight(x, w.fc_fp16, w.fc_b)
-        if w.fc_int8 is not None:  # logits wanted (greedy, top-k, top-p): the exact float32 ones
-            return torch.addmm(w.fc_b, x, w.fc_int8.weight.t(), out=self.logits)
         return torch.addmm(w.fc_b, x, w.fc_w_t, out=self.logits)
 
 
@@ -424,6 +422,8 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
             int8 = (num_samples == 1 and not filtered and t_eff >= INT8_MIN_TEMPERATURE
                     and model.fc.weight.numel() >= INT8_MIN_OUTPUT_WEIGHTS)
             output_precision = "int8" if int8 else "fp16"
+    elif output_precision == "int8" and (greedy or filtered):
+        output_precision = "fp32"  # the envelope draws plain temperature samples; these need every exact logit
     vocab_size = model.config.vocab_size
     bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
     if bad:
@@ -444,7 +444,7 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
             stepper = _ModelStepper(model, hidden) if triton else _TorchStepper(model, hidden, output_precision)
             out = torch.empty(length, num_samples, 1, dtype=torch.int64, device=device)  # out[t]: step t's words
             rows = out.unbind(0)  # views made once, not per step
-            envelope = None if triton or greedy or filtered else stepper.w.fc_int8
+            envelope = None if triton else stepper.w.fc_int8
             if envelope is not None:
                 _draw(logits, 1.0 / t_eff, t_eff < SHIFT_BELOW, torch.rand(num_samples, 1, generator=generator),
                       rows[0])                                           # the first word: from prime's fp32 logits
