@@ -11,6 +11,11 @@ Math (row i with logits x_i of length V and target t_i; rows with t_i == ignore_
   backward  dL/dx_ij = (exp(x_ij - lse_i) - [j == t_i]) * w_i, with w_i = grad_out / #kept ("mean"),
             grad_out ("sum") or grad_out_i ("none"), and 0 for ignored rows. Recomputed from the logits and
             lse: no probability matrix is ever stored.
+  bad targets  a target outside [0, V) that is not ignore_index is never used as an address: the kernel flags
+            the row (bad_i = 1) and gives it a NaN loss and NaN gradients, so a training loop that checks its loss
+            for NaN catches it even when nobody reads the flags. The wrapper reads the flags at once (one host
+            sync; ValueError naming the first bad target) unless it is given a DeviceChecks, which counts them on
+            the device for a later check() (no sync in the training step).
 
 Memory traffic for N x V logits of b bytes: forward reads N·V·b once (+ N targets, writes 2 N floats); backward
 reads N·V·b once and writes N·V·b. Torch's log_softmax + nll_loss forward writes the N x V log-probabilities and
@@ -30,16 +35,16 @@ import numbers
 import torch
 
 from kernels import _runtime  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
-from kernels._runtime import INTERPRETED, announce_interpreter_once
-from kernels.softmax import (_MAX, _SUM, _TL_NAME, FLOAT_DTYPES, GPU_TILES, check_device, check_logits,
-                             quiet_numpy, row_stride, row_tiles)
+from kernels._utils import (FLOAT_DTYPES, MAX, ROW_SHAPES, SUM, TL_NAME, DeviceChecks, Launch, check_device,
+                            check_logits, empty, interpreted, meta_tensor, row_stride, row_tiles)
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 __all__ = ["cross_entropy", "cross_entropy_reference", "gpu_compile_configs"]
 
-_NO_SPEC = ["n_rows", "n_cols", "stride_x", "stride_dx", "stride_w", "ignore_index"]
+# the row count only bounds a mask; ignore_index is a value, never an address (no divisibility to exploit)
+_NO_SPEC = ["n_rows", "ignore_index"]
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -51,9 +56,10 @@ _NEG_INF_PAIR = -36028792732385280
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
-def _ce_fwd_kernel(x_ptr, t_ptr, lse_ptr, loss_ptr, n_rows, n_cols, stride_x, ignore_index,
+def _ce_fwd_kernel(x_ptr, t_ptr, lse_ptr, loss_ptr, bad_ptr, n_rows, n_cols, stride_x, ignore_index,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP64: tl.constexpr, PACKED: tl.constexpr):
-    # x: (n_rows, n_cols) logits, last dim contiguous; t: (n_rows,) int64; lse, loss: (n_rows,) acc dtype.
+    # x: (n_rows, n_cols) logits, last dim contiguous; t: (n_rows,) int64; lse, loss: (n_rows,) acc dtype;
+    # bad: (n_rows,) int32, 1 where the target is outside [0, n_cols) and not ignore_index.
     # PACKED (interpreter only, fp32, even n_cols and stride): read column pairs as one int64, which halves the
     # interpreter's per-element load cost; BLOCK_N then counts pairs. Helpers are inlined on purpose: every
     # nested @triton.jit call re-patches triton.language in the interpreter (~1 ms).
@@ -62,6 +68,8 @@ def _ce_fwd_kernel(x_ptr, t_ptr, lse_ptr, loss_ptr, n_rows, n_cols, stride_x, ig
     cols = tl.arange(0, BLOCK_N)
     tgt = tl.load(t_ptr + rows, mask=row_ok, other=ignore_index)
     keep = row_ok & (tgt != ignore_index)
+    bad = keep & ((tgt < 0) | (tgt >= n_cols))
+    keep = keep & ~bad
     m = tl.full((BLOCK_M,), float("-inf"), tl.float64 if FP64 else tl.float32)
     s = tl.zeros((BLOCK_M,), tl.float64 if FP64 else tl.float32)
     if PACKED:
@@ -73,10 +81,10 @@ def _ce_fwd_kernel(x_ptr, t_ptr, lse_ptr, loss_ptr, n_rows, n_cols, stride_x, ig
             v = tl.load(xp_rows[:, None] + c[None, :], mask=mask, other=_NEG_INF_PAIR)
             lo = v.to(tl.int32).to(tl.float32, bitcast=True)  # the int64 -> int32 cast keeps the low half
             hi = (v >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-            m_new = tl.maximum(m, tl.maximum(tl.reduce(lo, 1, _MAX), tl.reduce(hi, 1, _MAX)))
+            m_new = tl.maximum(m, tl.maximum(tl.reduce(lo, 1, MAX), tl.reduce(hi, 1, MAX)))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(lo - m_safe[:, None]), 1, _SUM) \
-                + tl.reduce(tl.exp(hi - m_safe[:, None]), 1, _SUM)
+            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(lo - m_safe[:, None]), 1, SUM) \
+                + tl.reduce(tl.exp(hi - m_safe[:, None]), 1, SUM)
             m = m_new
     else:
         x_rows = x_ptr + rows * stride_x
@@ -86,15 +94,16 @@ def _ce_fwd_kernel(x_ptr, t_ptr, lse_ptr, loss_ptr, n_rows, n_cols, stride_x, ig
             x = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf"))
             x = x.to(tl.float64 if FP64 else tl.float32)
             # online softmax; an all -inf prefix keeps s = 0 (exp(-inf + inf) would be NaN)
-            m_new = tl.maximum(m, tl.reduce(x, 1, _MAX))
+            m_new = tl.maximum(m, tl.reduce(x, 1, MAX))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(x - m_safe[:, None]), 1, _SUM)
+            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(x - m_safe[:, None]), 1, SUM)
             m = m_new
     x_t = tl.load(x_ptr + rows * stride_x + tl.where(keep, tgt, 0), mask=keep, other=0.0)
     x_t = x_t.to(tl.float64 if FP64 else tl.float32)
     log_s = tl.log(s)
     tl.store(lse_ptr + rows, m + log_s, mask=row_ok)
-    tl.store(loss_ptr + rows, tl.where(keep, log_s - (x_t - m), 0.0), mask=row_ok)
+    tl.store(loss_ptr + rows, tl.where(keep, log_s - (x_t - m), tl.where(bad, float("nan"), 0.0)), mask=row_ok)
+    tl.store(bad_ptr + rows, bad.to(tl.int32), mask=row_ok)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -109,10 +118,12 @@ def _ce_bwd_kernel(x_ptr, t_ptr, lse_ptr, w_ptr, dx_ptr, n_rows, n_cols, stride_
     cols = tl.arange(0, BLOCK_N)
     tgt = tl.load(t_ptr + rows, mask=row_ok, other=ignore_index)
     keep = row_ok & (tgt != ignore_index)
+    bad = keep & ((tgt < 0) | (tgt >= n_cols))
+    keep = keep & ~bad
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     w = tl.load(w_ptr + rows * stride_w, mask=row_ok, other=0.0).to(tl.float64 if FP64 else tl.float32)
-    # an ignored row gets weight 0, also when w is inf or NaN (a mean over 0 rows)
-    w = tl.where(keep, w, 0.0)
+    # an ignored row gets weight 0, also when w is inf or NaN (a mean over 0 rows); a bad target's row gets NaN
+    w = tl.where(keep, w, tl.where(bad, float("nan"), 0.0))
     if PACKED:
         n_pairs = n_cols // 2
         xp_rows = x_ptr.to(tl.pointer_type(tl.int64)) + rows * (stride_x // 2)
@@ -151,7 +162,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_args(logits, targets, ignore_index, reduction) -> None:
+def _check_args(logits, targets, ignore_index, reduction, checks) -> None:
     check_logits(logits)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (N, V), got {tuple(logits.shape)}")
@@ -169,76 +180,83 @@ def _check_args(logits, targets, ignore_index, reduction) -> None:
         raise ValueError(f"ignore_index must be an int in [-2**31, 2**31), got {ignore_index!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    # one small reduction over N targets (a host sync on a GPU, like torch's own device-side check)
-    bad = ((targets < 0) | (targets >= logits.shape[1])) & (targets != ignore_index)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"targets[{i}] = {int(targets[i])} is outside [0, {logits.shape[1]}) "
-                         f"and is not ignore_index ({ignore_index})")
+    if checks is not None and (not isinstance(checks, DeviceChecks) or checks.device != logits.device):
+        raise ValueError(f"checks must be None or a DeviceChecks on logits' device {logits.device}, got {checks!r}")
 
 
 def _packable(x: torch.Tensor) -> bool:
     """Interpreter only: fp32 rows that can be read as int64 pairs (even length and stride, 8-byte aligned)."""
-    return (INTERPRETED and x.dtype == torch.float32 and x.shape[1] % 2 == 0 and row_stride(x) % 2 == 0
+    return (interpreted(x) and x.dtype == torch.float32 and x.shape[1] % 2 == 0 and row_stride(x) % 2 == 0
             and x.data_ptr() % 8 == 0)
 
 
-def _ce_forward(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
-    """-> (lse (N,), loss (N,)) in the accumulation dtype (fp32, or fp64 for fp64 logits)."""
+def _forward_launch(logits, targets, lse, loss, bad, ignore_index: int) -> Launch:
     n_rows, n_cols = logits.shape
+    packed = _packable(logits)
+    bm, bn, warps = row_tiles(n_rows, n_cols // 2 if packed else n_cols, logits.device)
+    return Launch(_ce_fwd_kernel, (triton.cdiv(n_rows, bm),),
+                  dict(x_ptr=logits, t_ptr=targets, lse_ptr=lse, loss_ptr=loss, bad_ptr=bad, n_rows=n_rows,
+                       n_cols=n_cols, stride_x=row_stride(logits), ignore_index=int(ignore_index)),
+                  dict(BLOCK_M=bm, BLOCK_N=bn, FP64=lse.dtype == torch.float64, PACKED=packed), num_warps=warps)
+
+
+def _backward_launch(logits, targets, lse, w, dx, ignore_index: int) -> Launch:
+    n_rows, n_cols = logits.shape
+    packed = _packable(logits) and _packable(dx)
+    bm, bn, warps = row_tiles(n_rows, n_cols // 2 if packed else n_cols, logits.device)
+    return Launch(_ce_bwd_kernel, (triton.cdiv(n_rows, bm),),
+                  dict(x_ptr=logits, t_ptr=targets, lse_ptr=lse, w_ptr=w, dx_ptr=dx, n_rows=n_rows, n_cols=n_cols,
+                       stride_x=row_stride(logits), stride_dx=row_stride(dx),
+                       stride_w=0 if w.dim() == 0 else w.stride(0), ignore_index=int(ignore_index)),
+                  dict(BLOCK_M=bm, BLOCK_N=bn, FP64=lse.dtype == torch.float64, PACKED=packed), num_warps=warps)
+
+
+def _ce_forward(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+    """-> (lse (N,), loss (N,)) in the accumulation dtype (fp32, or fp64 for fp64 logits), bad (N,) int32."""
+    n_rows = logits.shape[0]
     acc = _acc_dtype(logits.dtype)
-    lse = torch.empty(n_rows, dtype=acc, device=logits.device)
-    loss = torch.empty(n_rows, dtype=acc, device=logits.device)
+    lse = empty(n_rows, acc, logits.device)
+    loss = empty(n_rows, acc, logits.device)
+    bad = empty(n_rows, torch.int32, logits.device)
     if n_rows:
-        packed = _packable(logits)
-        bm, bn, warps = row_tiles(n_rows, n_cols // 2 if packed else n_cols)
-        announce_interpreter_once()
-        with quiet_numpy():
-            _ce_fwd_kernel[(triton.cdiv(n_rows, bm),)](
-                logits, targets, lse, loss, n_rows, n_cols, row_stride(logits), int(ignore_index),
-                BLOCK_M=bm, BLOCK_N=bn, FP64=acc == torch.float64, PACKED=packed, num_warps=warps)
-    return lse, loss
+        _forward_launch(logits, targets, lse, loss, bad, ignore_index)()
+    return lse, loss, bad
 
 
 def _ce_backward(logits, targets, lse, w: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """w: 0-d or (N,) upstream weight per row (acc dtype) -> dL/dlogits, logits' dtype and shape."""
     n_rows, n_cols = logits.shape
-    dx = torch.empty((n_rows, n_cols), dtype=logits.dtype, device=logits.device)
+    dx = empty((n_rows, n_cols), logits.dtype, logits.device)
     if n_rows:
-        w = w.to(lse.dtype)
-        stride_w = 0 if w.dim() == 0 else w.stride(0)
-        packed = _packable(logits) and _packable(dx)
-        bm, bn, warps = row_tiles(n_rows, n_cols // 2 if packed else n_cols)
-        with quiet_numpy():
-            _ce_bwd_kernel[(triton.cdiv(n_rows, bm),)](
-                logits, targets, lse, w, dx, n_rows, n_cols, row_stride(logits), dx.stride(0), stride_w,
-                int(ignore_index), BLOCK_M=bm, BLOCK_N=bn, FP64=lse.dtype == torch.float64, PACKED=packed,
-                num_warps=warps)
+        _backward_launch(logits, targets, lse, w.to(lse.dtype), dx, ignore_index)()
     return dx
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
+    """(logits, targets) -> (loss, bad (N,) int32 flags of targets outside [0, V)); flags are not differentiable."""
+
     @staticmethod
     def forward(ctx, logits, targets, ignore_index: int, reduction: str):
         if logits.shape[1] > 1 and logits.stride(1) != 1:
             logits = logits.contiguous()
         targets = targets.contiguous()
-        lse, loss = _ce_forward(logits, targets, ignore_index)
+        lse, loss, bad = _ce_forward(logits, targets, ignore_index)
+        ctx.mark_non_differentiable(bad)
         ctx.ignore_index, ctx.reduction = ignore_index, reduction
         if reduction == "none":
             ctx.save_for_backward(logits, targets, lse)
-            return loss.to(logits.dtype)
+            return loss.to(logits.dtype), bad
         total = loss.sum()
         if reduction == "mean":
             count = (targets != ignore_index).sum().to(lse.dtype)
             ctx.save_for_backward(logits, targets, lse, count)
-            return (total / count).to(logits.dtype)  # 0 / 0 = NaN when every row is ignored, as torch
+            return (total / count).to(logits.dtype), bad  # 0 / 0 = NaN when every row is ignored, as torch
         ctx.save_for_backward(logits, targets, lse)
-        return total.to(logits.dtype)
+        return total.to(logits.dtype), bad
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_bad):
         logits, targets, lse, *rest = ctx.saved_tensors
         w = grad_out.to(lse.dtype)
         if ctx.reduction == "mean":
@@ -250,18 +268,29 @@ class _CrossEntropyFunction(torch.autograd.Function):
 # Public function and reference
 # ----------------------------------------------------------------------------------------------------------------
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                  reduction: str = "mean") -> torch.Tensor:
+                  reduction: str = "mean", checks: DeviceChecks | None = None) -> torch.Tensor:
     """F.cross_entropy(logits, targets, ignore_index=..., reduction=...) fused in Triton.
 
-    logits: (N, V) float32, bfloat16 or float64 (CPU under Triton's interpreter, else CUDA); targets: (N,) int64
-    in [0, V) or equal to ignore_index. reduction: "mean" (over rows not ignored; NaN if all are ignored, exactly
-    as torch), "sum" (use it for exact evaluation totals) or "none" (per-row losses, 0 for ignored rows).
+    logits: (N, V) float32, float16, bfloat16 or float64 (CPU under Triton's interpreter, else CUDA); targets:
+    (N,) int64 in [0, V) or equal to ignore_index. reduction: "mean" (over rows not ignored; NaN if all are ignored,
+    exactly as torch), "sum" (use it for exact evaluation totals) or "none" (per-row losses, 0 for ignored rows).
     Accumulation is fp32 (fp64 for fp64 logits); the result has logits' dtype. Differentiable in logits.
     The forward reads the logits once and keeps only a per-row logsumexp; the backward reads them once more and
-    writes the gradient. Raises ValueError naming the bad argument.
+    writes the gradient.
+
+    checks: None (default) reads the kernel's flags of targets outside [0, V) at once (one host sync) and raises
+    ValueError naming the first; a kernels.DeviceChecks on logits' device instead counts them there (no host sync;
+    their losses and gradients are NaN) until its check(). Other bad arguments raise ValueError naming them.
     """
-    _check_args(logits, targets, ignore_index, reduction)
-    return _CrossEntropyFunction.apply(logits, targets, int(ignore_index), reduction)
+    _check_args(logits, targets, ignore_index, reduction, checks)
+    loss, bad = _CrossEntropyFunction.apply(logits, targets, int(ignore_index), reduction)
+    if checks is not None:
+        checks.add("targets", bad.sum())
+    elif bad.numel() and bool(bad.any()):  # the eager check: one host sync
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"targets[{i}] = {int(targets[i])} is outside [0, {logits.shape[1]}) "
+                         f"and is not ignore_index ({ignore_index})")
+    return loss
 
 
 def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
@@ -280,26 +309,19 @@ def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_
 
 
 def gpu_compile_configs() -> list:
-    """Every (kernel, dtype, tile) a GPU launch of cross_entropy can compile (see kernels/compile_report.py)."""
-    from kernels.compile_report import CompileConfig
-
+    """The forward and backward kernels at the (dtype, row length) pairs of kernels._utils.ROW_SHAPES (every GPU
+    tile, every dtype, lengths divisible by 16 or not), specialised as those launches are (kernels/compile_report.py),
+    with reduction "mean" (the backward's weight is one broadcast scalar). PACKED is chosen only under the
+    interpreter, never on a GPU."""
     out = []
-    for dt in FLOAT_DTYPES:
-        name, fp64 = _TL_NAME[dt], dt == torch.float64
-        acc = "fp64" if fp64 else "fp32"
-        for bm, bn, warps in GPU_TILES:
-            # PACKED is chosen only under the interpreter, never on a GPU
-            tile = dict(BLOCK_M=bm, BLOCK_N=bn, FP64=fp64, PACKED=False)
-            const = {"BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "FP64": "constexpr", "PACKED": "constexpr"}
-            out.append(CompileConfig(
-                name=f"cross_entropy_fwd_{name}_{bm}x{bn}", fn=_ce_fwd_kernel,
-                signature={"x_ptr": f"*{name}", "t_ptr": "*i64", "lse_ptr": f"*{acc}", "loss_ptr": f"*{acc}",
-                           "n_rows": "i32", "n_cols": "i32", "stride_x": "i32", "ignore_index": "i32", **const},
-                constexprs=tile, expect_tensor_cores=False, num_warps=warps))
-            out.append(CompileConfig(
-                name=f"cross_entropy_bwd_{name}_{bm}x{bn}", fn=_ce_bwd_kernel,
-                signature={"x_ptr": f"*{name}", "t_ptr": "*i64", "lse_ptr": f"*{acc}", "w_ptr": f"*{acc}",
-                           "dx_ptr": f"*{name}", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32",
-                           "stride_dx": "i32", "stride_w": "i32", "ignore_index": "i32", **const},
-                constexprs=tile, expect_tensor_cores=False, num_warps=warps))
+    for dt, n_cols in ROW_SHAPES:
+        acc = _acc_dtype(dt)
+        x = meta_tensor((1280, n_cols), dt)
+        t = meta_tensor(1280, torch.int64)
+        lse, loss, w = (meta_tensor(1280, acc) for _ in range(3))
+        fwd = _forward_launch(x, t, lse, loss, meta_tensor(1280, torch.int32), -100)
+        bwd = _backward_launch(x, t, lse, meta_tensor((), acc), x, -100)
+        tile = f"{fwd.constexprs['BLOCK_M']}x{fwd.constexprs['BLOCK_N']}_V{n_cols}"
+        out.append(fwd.compile_config(f"cross_entropy_fwd_{TL_NAME[dt]}_{tile}"))
+        out.append(bwd.compile_config(f"cross_entropy_bwd_{TL_NAME[dt]}_{tile}"))
     return out

@@ -13,8 +13,9 @@ Math (one row z of length V, temperature T):
   top-p: keep the smallest set of largest entries whose probability mass reaches p (ties at the boundary are
     kept): the largest tau with sum_{z_j / T >= tau} exp(z_j / T - m) >= p * S, S the mass kept by top-k (or all),
     by the same bisection, summing instead of counting. Applied after top-k, as Hugging Face's warpers do.
-  Every row must have a finite maximum and no NaN; otherwise the kernel writes -1 and the launcher raises
-  ValueError (a host sync on a GPU, to report the bad row).
+  Every row must have a finite maximum and no NaN; otherwise the kernel writes -1. sample() then reads the ids at
+  once and raises ValueError naming the row (one host sync), or, given a DeviceChecks, counts the bad rows on the
+  device, returns token 0 for them and reads nothing (no sync per generated token; checks.check() reports them).
 
 Memory traffic for R rows of V elements of b bytes: one read of R·V·b and a write of R int64 without top-k/top-p
 (plus one read for the max, 33 for top-k, 34 for top-p; those re-reads of a row hit L1/L2 on a GPU).
@@ -29,16 +30,17 @@ import numbers
 import torch
 
 from kernels import _runtime  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
-from kernels._runtime import announce_interpreter_once
-from kernels.softmax import (_ARGMAX, _MAX, _SUM, _TL_NAME, FLOAT_DTYPES, GPU_TILES, _gpu_tiles, as_rows,
-                             check_logits, check_temperature, quiet_numpy, row_stride, row_tiles)
+from kernels._utils import (ARGMAX, FLOAT_DTYPES, MAX, ROW_SHAPES, SUM, TL_NAME, DeviceChecks, Launch, as_rows,
+                            check_logits, check_temperature, empty, meta_tensor, row_stride, row_tiles)
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 __all__ = ["sample", "sample_reference", "sample_distribution", "gpu_compile_configs"]
 
-_NO_SPEC = ["n_rows", "n_cols", "stride_x", "seed_lo", "seed_hi", "top_k"]
+# the row count only bounds a mask; the seed changes at every call and top_k is a count, not an address: a value
+# of 1 or a multiple of 16 would compile another kernel in the middle of a generation
+_NO_SPEC = ["n_rows", "seed_lo", "seed_hi", "top_k"]
 SEED_LIMIT = 2**62
 
 
@@ -63,8 +65,8 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
             c = start + cols
             mask = row_ok[:, None] & (c < n_cols)[None, :]
             z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            n_bad += tl.reduce(((z != z) | (z == float("inf"))).to(tl.int32), 1, _SUM)
-            b_max, b_arg = tl.reduce((z, tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))), 1, _ARGMAX)
+            n_bad += tl.reduce(((z != z) | (z == float("inf"))).to(tl.int32), 1, SUM)
+            b_max, b_arg = tl.reduce((z, tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))), 1, ARGMAX)
             better = b_max > best  # strictly: an equal value in a later block keeps the lower index
             best = tl.where(better, b_max, best)
             best_idx = tl.where(better, start + b_arg.to(tl.int64), best_idx)
@@ -77,14 +79,14 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                 mask1 = row_ok[:, None] & (cols < n_cols)[None, :]
                 z1 = tl.load(x_rows[:, None] + cols[None, :], mask=mask1, other=float("-inf")).to(tl.float32)
                 z1 = z1 / temperature
-                m = tl.reduce(z1, 1, _MAX)
+                m = tl.reduce(z1, 1, MAX)
                 e1 = tl.exp(z1 - m[:, None])
             else:
                 for start in range(0, n_cols, BLOCK_N):
                     c = start + cols
                     mask = row_ok[:, None] & (c < n_cols)[None, :]
                     z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-                    m = tl.maximum(m, tl.reduce(z / temperature, 1, _MAX))
+                    m = tl.maximum(m, tl.reduce(z / temperature, 1, MAX))
             m_bits = m.to(tl.int32, bitcast=True)
             key_hi = tl.where(m_bits >= 0, m_bits, m_bits ^ 0x7FFFFFFF).to(tl.int64)
             if TOP_K:
@@ -96,14 +98,14 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                     mid32 = mid.to(tl.int32)
                     mid_f = tl.where(mid32 >= 0, mid32, mid32 ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
                     if ONE_BLOCK:
-                        count = tl.reduce((z1 >= mid_f[:, None]).to(tl.int32), 1, _SUM)
+                        count = tl.reduce((z1 >= mid_f[:, None]).to(tl.int32), 1, SUM)
                     else:
                         count = tl.zeros((BLOCK_M,), tl.int32)
                         for start in range(0, n_cols, BLOCK_N):
                             c = start + cols
                             mask = row_ok[:, None] & (c < n_cols)[None, :]
                             z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf"))
-                            count += tl.reduce((z.to(tl.float32) / temperature >= mid_f[:, None]).to(tl.int32), 1, _SUM)
+                            count += tl.reduce((z.to(tl.float32) / temperature >= mid_f[:, None]).to(tl.int32), 1, SUM)
                     enough = count >= top_k
                     lo = tl.where(enough, mid, lo)
                     hi = tl.where(enough, hi, mid - 1)
@@ -111,7 +113,7 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                 thr = tl.where(lo32 >= 0, lo32, lo32 ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
             if TOP_P:
                 if ONE_BLOCK:
-                    total = tl.reduce(tl.where(z1 >= thr[:, None], e1, 0.0), 1, _SUM)
+                    total = tl.reduce(tl.where(z1 >= thr[:, None], e1, 0.0), 1, SUM)
                 else:
                     total = tl.zeros((BLOCK_M,), tl.float32)
                     for start in range(0, n_cols, BLOCK_N):
@@ -119,7 +121,7 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                         mask = row_ok[:, None] & (c < n_cols)[None, :]
                         z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
                         z = z / temperature
-                        total += tl.reduce(tl.where(z >= thr[:, None], tl.exp(z - m[:, None]), 0.0), 1, _SUM)
+                        total += tl.reduce(tl.where(z >= thr[:, None], tl.exp(z - m[:, None]), 0.0), 1, SUM)
                 target = top_p * total
                 lo_bits = thr.to(tl.int32, bitcast=True)
                 lo = tl.where(lo_bits >= 0, lo_bits, lo_bits ^ 0x7FFFFFFF).to(tl.int64)
@@ -129,7 +131,7 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                     mid32 = mid.to(tl.int32)
                     mid_f = tl.where(mid32 >= 0, mid32, mid32 ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
                     if ONE_BLOCK:
-                        mass = tl.reduce(tl.where(z1 >= mid_f[:, None], e1, 0.0), 1, _SUM)
+                        mass = tl.reduce(tl.where(z1 >= mid_f[:, None], e1, 0.0), 1, SUM)
                     else:
                         mass = tl.zeros((BLOCK_M,), tl.float32)
                         for start in range(0, n_cols, BLOCK_N):
@@ -137,7 +139,7 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
                             mask = row_ok[:, None] & (c < n_cols)[None, :]
                             z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf"))
                             z = z.to(tl.float32) / temperature
-                            mass += tl.reduce(tl.where(z >= mid_f[:, None], tl.exp(z - m[:, None]), 0.0), 1, _SUM)
+                            mass += tl.reduce(tl.where(z >= mid_f[:, None], tl.exp(z - m[:, None]), 0.0), 1, SUM)
                     enough = mass >= target
                     lo = tl.where(enough, mid, lo)
                     hi = tl.where(enough, hi, mid - 1)
@@ -148,13 +150,13 @@ def _sample_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, temperature, seed_l
             c = start + cols
             mask = row_ok[:, None] & (c < n_cols)[None, :]
             z = tl.load(x_rows[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            n_bad += tl.reduce(((z != z) | (z == float("inf"))).to(tl.int32), 1, _SUM)
+            n_bad += tl.reduce(((z != z) | (z == float("inf"))).to(tl.int32), 1, SUM)
             z = z / temperature
             # Philox counter (column, row): the same (seed, row, column) always draws the same u
             u = tl.rand(seed, (rows[:, None] << 32) | c[None, :].to(tl.int64))
             g = -tl.log(-tl.log(tl.maximum(u, 1e-37)))
             score = tl.where(z >= thr[:, None], z + g, float("-inf"))
-            b_max, b_arg = tl.reduce((score, tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))), 1, _ARGMAX)
+            b_max, b_arg = tl.reduce((score, tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))), 1, ARGMAX)
             better = b_max > best
             best = tl.where(better, b_max, best)
             best_idx = tl.where(better, start + b_arg.to(tl.int64), best_idx)
@@ -193,28 +195,32 @@ def _check_top_p(top_p):
     return p
 
 
-def _sample_rows(x2: torch.Tensor, temperature: float, seed: int, top_k, top_p) -> torch.Tensor:
-    """x2: (R, V) with unit column stride -> (R,) int64, -1 for a row with no finite maximum or with NaN."""
+def _launch(x2: torch.Tensor, out: torch.Tensor, temperature: float, seed: int, top_k, top_p) -> Launch:
+    """The launch for (R, V) logits x2 (unit column stride) into out (R,) int64."""
     n_rows, n_cols = x2.shape
-    out = torch.empty(n_rows, dtype=torch.int64, device=x2.device)
-    if n_rows == 0:
-        return out
     greedy = temperature == 0.0
     use_k = top_k is not None and top_k < n_cols and not greedy
     use_p = top_p is not None and top_p < 1.0 and not greedy
-    meta, warps = _launch_meta(n_rows, n_cols, greedy, use_k, use_p)
-    announce_interpreter_once()
-    with quiet_numpy():
-        _sample_kernel[(triton.cdiv(n_rows, meta["BLOCK_M"]),)](
-            x2, out, n_rows, n_cols, row_stride(x2), 1.0 if greedy else temperature,
-            seed & (2**31 - 1), seed >> 31, top_k if use_k else 0, top_p if use_p else 1.0,
-            **meta, num_warps=warps)
+    meta, warps = _launch_meta(n_rows, n_cols, x2.device, greedy, use_k, use_p)
+    return Launch(_sample_kernel, (triton.cdiv(n_rows, meta["BLOCK_M"]),),
+                  dict(x_ptr=x2, out_ptr=out, n_rows=n_rows, n_cols=n_cols, stride_x=row_stride(x2),
+                       temperature=1.0 if greedy else temperature, seed_lo=seed & (2**31 - 1), seed_hi=seed >> 31,
+                       top_k=top_k if use_k else 0, top_p=top_p if use_p else 1.0),
+                  meta, num_warps=warps)
+
+
+def _sample_rows(x2: torch.Tensor, temperature: float, seed: int, top_k, top_p) -> torch.Tensor:
+    """x2: (R, V) with unit column stride -> (R,) int64, -1 for a row with no finite maximum or with NaN."""
+    out = empty(x2.shape[0], torch.int64, x2.device)
+    if x2.shape[0]:
+        _launch(x2, out, temperature, seed, top_k, top_p)()
     return out
 
 
-def _launch_meta(n_rows: int, n_cols: int, greedy: bool, use_k: bool, use_p: bool) -> tuple[dict, int]:
-    """The kernel's constexprs and num_warps for one launch (also enumerated by gpu_compile_configs)."""
-    bm, bn, warps = row_tiles(n_rows, n_cols, whole_rows=use_k or use_p)
+def _launch_meta(n_rows: int, n_cols: int, device: torch.device, greedy: bool, use_k: bool,
+                 use_p: bool) -> tuple[dict, int]:
+    """The kernel's constexprs and num_warps for one launch."""
+    bm, bn, warps = row_tiles(n_rows, n_cols, device, whole_rows=use_k or use_p)
     return dict(BLOCK_M=bm, BLOCK_N=bn, GREEDY=greedy, TOP_K=use_k, TOP_P=use_p,
                 ONE_BLOCK=(use_k or use_p) and n_cols <= bn), warps
 
@@ -223,24 +229,31 @@ def _launch_meta(n_rows: int, n_cols: int, greedy: bool, use_k: bool, use_p: boo
 # Public function and references
 # ----------------------------------------------------------------------------------------------------------------
 def sample(logits: torch.Tensor, temperature: float, seed: int, top_k: int | None = None,
-           top_p: float | None = None) -> torch.Tensor:
+           top_p: float | None = None, checks: DeviceChecks | None = None) -> torch.Tensor:
     """Draws one token id per row from softmax(logits / temperature), optionally restricted to top-k / top-p.
 
-    logits: (..., V) float32, bfloat16 or float64 (CPU under Triton's interpreter, else CUDA), V >= 1.
+    logits: (..., V) float32, float16, bfloat16 or float64 (CPU under Triton's interpreter, else CUDA), V >= 1.
     temperature: finite >= 0; 0 means argmax (ties to the lower index). seed: int in [0, 2**62): the same seed
     gives the same tokens on every run (the noise is keyed by (seed, row, column)); use a fresh seed per step.
     top_k: None or int >= 1 (values >= V keep everything). top_p: None or a float in (0, 1] (1 keeps everything).
-    Returns int64 ids of shape logits.shape[:-1]. Raises ValueError naming the bad argument, and for a row whose
-    entries are all -inf or contain NaN / +inf (that check reads the ids back: a host sync on a GPU).
+    checks: None (default) reads the ids back to check every row (one host sync): ValueError for a row whose entries
+    are all -inf or contain NaN / +inf. A kernels.DeviceChecks on logits' device instead counts such rows there and
+    returns token 0 for them, with no host sync (generation loops; checks.check() reports them later).
+    Returns int64 ids of shape logits.shape[:-1]. Raises ValueError naming any other bad argument.
     """
     check_logits(logits)
     t = check_temperature(temperature, allow_zero=True)
     s = _check_seed(seed)
     k = _check_top_k(top_k)
     p = _check_top_p(top_p)
+    if checks is not None and (not isinstance(checks, DeviceChecks) or checks.device != logits.device):
+        raise ValueError(f"checks must be None or a DeviceChecks on logits' device {logits.device}, got {checks!r}")
     ids = _sample_rows(as_rows(logits), t, s, k, p)
     bad = ids < 0
-    if bool(bad.any()):
+    if checks is not None:
+        checks.add("logits", bad.sum())
+        ids.clamp_(min=0)  # a valid id, so that a generation loop can feed it back without an out-of-range lookup
+    elif bool(bad.any()):
         r = int(bad.nonzero()[0, 0])
         raise ValueError(f"logits row {r} (of the rows flattened to (-1, V)) is all -inf or contains NaN or +inf: "
                          f"nothing to sample")
@@ -278,29 +291,19 @@ def sample_reference(logits: torch.Tensor, temperature: float, seed: int, top_k:
 
 
 def gpu_compile_configs() -> list:
-    """Every (dtype, tile, mode) a GPU launch of sample can compile (see kernels/compile_report.py)."""
-    from kernels.compile_report import CompileConfig
-
-    modes = [(True, False, False), (False, False, False), (False, True, False), (False, False, True),
-             (False, True, True)]
-    metas = {}
-    for bm, bn, _ in GPU_TILES:  # row lengths that reach every branch of _launch_meta on a GPU
-        for n_cols in (bn, bn + 1):
-            for greedy, use_k, use_p in modes:
-                gpu_tile = _gpu_tiles(n_cols)
-                meta = dict(BLOCK_M=gpu_tile[0], BLOCK_N=gpu_tile[1], GREEDY=greedy, TOP_K=use_k, TOP_P=use_p,
-                            ONE_BLOCK=(use_k or use_p) and n_cols <= gpu_tile[1])
-                metas[tuple(meta.items())] = (meta, gpu_tile[2])
+    """Every mode (greedy, Gumbel-max, with top-k, top-p or both) at the (dtype, row length) pairs of
+    kernels._utils.ROW_SHAPES (every GPU tile, every dtype, lengths divisible by 16 or not), specialised as those
+    launches are (see kernels/compile_report.py)."""
+    modes = {"greedy": (0.0, None, None), "gumbel": (0.8, None, None), "gumbel_topk": (0.8, 40, None),
+             "gumbel_topp": (0.8, None, 0.9), "gumbel_topk_topp": (0.8, 40, 0.9)}
     out = []
-    for dt in FLOAT_DTYPES:
-        name = _TL_NAME[dt]
-        for meta, warps in metas.values():
-            mode = "greedy" if meta["GREEDY"] else "gumbel" + ("_topk" if meta["TOP_K"] else "") \
-                + ("_topp" if meta["TOP_P"] else "") + ("_oneblock" if meta["ONE_BLOCK"] else "")
-            out.append(CompileConfig(
-                name=f"sample_{mode}_{name}_{meta['BLOCK_M']}x{meta['BLOCK_N']}", fn=_sample_kernel,
-                signature={"x_ptr": f"*{name}", "out_ptr": "*i64", "n_rows": "i32", "n_cols": "i32",
-                           "stride_x": "i32", "temperature": "fp32", "seed_lo": "i32", "seed_hi": "i32",
-                           "top_k": "i32", "top_p": "fp32", **{k: "constexpr" for k in meta}},
-                constexprs=meta, expect_tensor_cores=False, num_warps=warps))
+    for dt, n_cols in ROW_SHAPES:
+        for mode, (temperature, top_k, top_p) in modes.items():
+            # 16 rows: a batch of samples (a single row only changes the grid)
+            launch = _launch(meta_tensor((16, n_cols), dt), meta_tensor(16, torch.int64), temperature, 12345,
+                             top_k, top_p)
+            meta = launch.constexprs
+            name = mode + ("_oneblock" if meta["ONE_BLOCK"] else "")
+            out.append(launch.compile_config(
+                f"sample_{name}_{TL_NAME[dt]}_{meta['BLOCK_M']}x{meta['BLOCK_N']}_V{n_cols}"))
     return out

@@ -1,12 +1,44 @@
-"""Shared fixtures: a small Chinese corpus on disk and an isolated cache folder for every test session."""
+"""Shared fixtures: a small Chinese corpus on disk, an isolated cache folder for every test session, the device the
+kernel tests run on, NaN-poisoned kernel outputs, exact fp32 on CUDA, and a counter of host synchronisations."""
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels  # noqa: F401  (settles Triton's interpreter mode before any test imports triton)
+from kernels import _utils as kernel_utils
+from kernels import runtime_description
+
+# The kernel tests run where the user is: on CUDA when there is a GPU (compiled kernels), else on the CPU through
+# Triton's interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# Kernel tests' tolerances for reduced precisions. Unit roundoff of the operands: tf32 and fp16 keep 10 explicit
+# mantissa bits, bf16 7.
+UNIT_ROUNDOFF = {"tf32": 2.0**-11, "fp16": 2.0**-11, "bf16": 2.0**-8}
+
+
+def rounding_tolerance(precision: str, T: int) -> float:
+    """Relative error bound of outputs and gradients when every product's operands are rounded to `precision`
+    (fp32 accumulation), for T steps: each step rounds both operands of its products (<= 2u relative per product
+    term); with the tests' weights (nn.RNN's U(-1/sqrt(H), 1/sqrt(H)): ||W_hh||_2 ~ 1, tanh/relu 1-Lipschitz) the
+    recurrence does not amplify earlier errors to first order, so the forward adds at most T of them, the
+    backward T more, and the weight GEMMs round their operands once: 2u(2T + 1). Written once, never loosened."""
+    return 2 * UNIT_ROUNDOFF[precision] * (2 * T + 1)
+
+
+
+def pytest_report_header(config):
+    rt = runtime_description()
+    where = (f"cuda ({rt['device']}), compiled by Triton {rt['triton']}" if DEVICE.type == "cuda"
+             else f"cpu, Triton {rt['triton']} interpreter (TRITON_INTERPRET=1)")
+    return f"kernel tests run on: {where}; torch {rt['torch']}"
 
 # Sentences in the register of the default corpus (news of January 1998), recombined at random so that the
 # tiny corpus has a few hundred distinct words and enough repetition for a model to learn something.
@@ -52,3 +84,106 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device of the kernel tests (see DEVICE)."""
+    return DEVICE
+
+
+def _poisoned_empty(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+
+@pytest.fixture(autouse=True)
+def _poison_kernel_outputs(monkeypatch):
+    """Every buffer a kernel must fill (kernels._utils.empty) comes out full of NaN (-7 for integers), in every
+    test: an element a kernel forgets to write surfaces as NaN in an output or a gradient, or as a bad id or flag
+    (as flash-linear-attention's test suite poisons its outputs). Patched in every kernels module that imported it."""
+    original = kernel_utils.empty
+    for name, module in list(sys.modules.items()):
+        if (name == "kernels" or name.startswith("kernels.")) and getattr(module, "empty", None) is original:
+            monkeypatch.setattr(module, "empty", _poisoned_empty)
+
+
+@pytest.fixture
+def exact_fp32():
+    """On CUDA: no TF32 in cuDNN (nn.RNN, and precision=None of kernels.rnn) nor in cuBLAS for the test, so that
+    fp32 parity is exact-fp32 against exact-fp32. Nothing changes on the CPU."""
+    if DEVICE.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the places where the host waits for a device value, two ways. Python-level: Tensor.item / __bool__ /
+    __float__ / __int__ / __index__ / tolist / numpy / cpu / nonzero and torch.nonzero, torch.cuda.synchronize
+    (also under torch.inference_mode, which hides tensors from dispatch modes). Dispatch-level: aten ops that read
+    a value (_local_scalar_dense) or size their output by the data (nonzero, masked_select, unique, ...) and copies
+    from a device to the CPU, called from C++ (outside inference mode). A read counted at the Python level is not
+    counted again below it. On the CPU these are the calls that synchronise on a GPU, so a CPU test can hold the
+    count. `calls` lists them."""
+
+    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
+                "unique_consecutive", "repeat_interleave", "bincount", "histc"}
+    METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+        self._python_level = 0  # > 0 while a counted Python-level read runs
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    def counted(self, name: str, fn):
+        def wrapped(*args, **kwargs):
+            if not self._python_level:
+                self.calls.append(name)
+            self._python_level += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._python_level -= 1
+
+        return wrapped
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if not self._python_level:
+            if name in self.SYNC_OPS:
+                self.calls.append(f"aten.{name}")
+            elif name in ("_to_copy", "copy_"):
+                src = args[1] if name == "copy_" else args[0]
+                dst = args[0].device if name == "copy_" else kwargs.get("device") or args[0].device
+                if isinstance(src, torch.Tensor) and src.device.type != "cpu" and torch.device(dst).type == "cpu":
+                    self.calls.append(f"aten.{name} to cpu")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def host_syncs(monkeypatch):
+    """host_syncs() -> a context manager yielding a HostSyncs that counts the host synchronisations inside it."""
+
+    @contextlib.contextmanager
+    def counting():
+        counter = HostSyncs()
+        with monkeypatch.context() as mp:
+            for method in HostSyncs.METHODS:
+                mp.setattr(torch.Tensor, method, counter.counted(f"Tensor.{method}", getattr(torch.Tensor, method)))
+            mp.setattr(torch, "nonzero", counter.counted("torch.nonzero", torch.nonzero))
+            mp.setattr(torch.cuda, "synchronize", counter.counted("cuda.synchronize", torch.cuda.synchronize))
+            with counter:
+                yield counter
+
+    return counting
