@@ -1,4 +1,4 @@
-r"""The Elman recurrence of torch.nn.RNN as Triton kernels: forward, backward, nn.RNN's whole interface.
+r"""The Elman recurrence of torch.nn.RNN as Triton kernels: forward, backward, one time step, nn.RNN's interface.
 
 Math (one layer, one direction; B batch rows, T steps, I inputs, H hidden units, phi = tanh | relu)
 ------------------------------------------------------------------------------------------------
@@ -17,6 +17,8 @@ reverse writes every dA_t and dh_0. The rest are GEMMs over all T*B rows, with n
 For the reverse direction t runs from T down to 1 and h_{t+1} plays h_{t-1}'s part. Layers stack, the
 directions' outputs are concatenated, and dropout (training only) is applied to every layer's output
 except the last, exactly as torch.nn.RNN does (same call, same shape, so the same random masks).
+One time step (rnn_step, generation): h' = phi(x W_ih^T + b_ih + b_hh + h W_hh^T) for every layer, both
+products and both biases inside ONE launch per layer, no autograd, no host synchronisation.
 
 Storage. Each (layer, direction) keeps one state buffer hs of shape (T+1, B, H) in the state dtype (fp32,
 or fp64 for fp64 input): slot 0 holds h_0 and slot t holds h_t (reverse direction: slot T holds h_0 and
@@ -24,71 +26,93 @@ slot t-1 holds h_t). The output is a view (hs[1:] or hs[:T]), backward's h_{t-1}
 view (hs[:T] or hs[1:]), and the tiled GPU kernel reads h_{t-1} back from the slot it wrote one step
 earlier, so no step ever needs a special case for h_0.
 
-Kernels and launch configurations
----------------------------------
+Kernels and launch configurations (LaunchConfig; rnn(launch_config=...) forces one, as the tests do)
+------------------------------------------------------------------------------------------------
 Grid over batch tiles: a program owns BLOCK_B rows of the batch and ALL H hidden units, so programs never
 wait for one another (rows are independent) and the kernel is correct whatever order programs run in.
   * "resident" (_rnn_fwd_resident_kernel / _rnn_bwd_resident_kernel): the whole padded H is one tile;
     W_hh is loaded once and h_t (or dA_t W_hh) is carried in registers across steps: one tl.dot per step.
     This is what the interpreter runs (its cost is per Triton op, not per FLOP: a 512-wide tile ran T=20,
     B=64, H=512 in 0.2 s where 64-wide tiles took 9 s), with BLOCK_B = the batch rounded up to a power of
-    two (16..128). On a GPU it is chosen when H <= 64: BLOCK_B = 16, BLOCK_H = 64, 8 warps.
+    two (16..128). On a GPU it is chosen when H <= 64: BLOCK_B = 16, BLOCK_H = 64, 8 warps, 1 stage
+    (nothing streams: the loop only loads xp_t).
   * "tiled" (_rnn_fwd_tiled_kernel / _rnn_bwd_tiled_kernel): on a GPU for H > 64, where W_hh no longer
     fits on chip (512x512 fp32 = 1 MiB): BLOCK_B = 16 (the smallest mma M) and the N and K dimensions
-    tiled, BLOCK_N = BLOCK_K = 64 for tf32/bf16 and 32 for exact fp32/fp64 (whose FMA dot keeps more of a
-    tile in registers), 8 warps. W_hh tiles stream from L2 every step, and h_{t-1} (dA_{t+1}) round-trips
-    through the buffer the same program wrote one step earlier, with tl.debug_barrier() (bar.sync:
-    CTA-wide visibility of global writes) between steps. The interpreter runs it too (tests force it with
-    small tiles), where the barrier is a no-op and programs are sequential.
-gpu_compile_configs() lists all of them (fwd/bwd x resident/tiled x tanh/relu x ieee/tf32/bf16 + fp64:
-32 kernels); compiled for sm_80 and sm_90 none spills (44-223 registers at 8 warps, 6-41 KB shared), and
-the tf32/bf16 ones issue mma.sync (m16n8k8 tf32, m16n8k16 bf16) -- on sm_90 too: wgmma needs 64-row
-warpgroup tiles and BLOCK_B is 16.
-Sequence length and strides are runtime arguments (no recompilation per length). Every offset that grows
-with T or B is int64 (the scalar base of each tile: t * stride_t, row0 * stride_b); offsets inside a tile
-are int32 (64-bit pointer tiles cost registers). Any H works by masking (padded columns stay exactly 0
-through tanh/relu since phi(0) = 0).
+    tiled, BLOCK_N = BLOCK_K = 64 with tensor cores (tf32/bf16/fp16) and 32 for exact fp32/fp64 (whose
+    FMA dot keeps more of a tile in registers), 8 warps. Per step the program walks N tiles; per N tile
+    the K loop loads one (BLOCK_B, BLOCK_K) tile of h_{t-1} and one (BLOCK_K, BLOCK_N) tile of W_hh^T and
+    multiplies them. That K loop is software-pipelined (num_stages = _GPU_STAGES = 3): Triton
+    issues the next tiles' loads as cp.async copies from global (L2) into shared memory while the
+    current tile is multiplied, with num_stages - 1 tiles in flight (shared memory: that many
+    (BLOCK_B*BLOCK_K + BLOCK_K*BLOCK_N) buffers). h_{t-1} (dA_{t+1}) round-trips through the buffer the
+    same program wrote one step earlier, with tl.debug_barrier() (bar.sync: CTA-wide visibility of global
+    writes, which cp.async reads honour like loads) between steps. The interpreter runs it too (tests force
+    it with small tiles), where the barrier is a no-op, stages mean nothing and programs are sequential.
+  * "step" (_rnn_step_kernel, rnn_step): the grid splits H into BLOCK_N columns (and B into BLOCK_B rows):
+    each program reads its BLOCK_N rows of W_ih and W_hh once, pipelined the same way, so a step of the
+    default model (I = 256, H = 512, fp32: 1.5 MiB of weights per layer) spreads over H/16 = 32 SMs.
+gpu_compile_configs() lists every configuration at representative launches (B = 64, H = 512 or 64 and 130,
+T = 20; step: B = 1 and 16), each specialised as Triton specialises that launch: sizes and strides
+divisible by 16 get tt.divisibility (vectorised loads), 1 becomes a constant; T and REVERSE are never
+specialised (one kernel for every sequence length and both directions). `python -m kernels.compile_report`
+compiles them for sm_80 and sm_90 and shows, at the launched num_stages, cp.async in every tiled and step
+kernel, no spills, and shared memory within both GPUs' limits; the tf32/bf16/fp16 ones issue mma.sync
+(m16n8k8 tf32, m16n8k16 bf16/f16) -- on sm_90 too: wgmma needs 64-row warpgroup tiles and BLOCK_B is 16.
+Sequence length and strides are runtime arguments. Every offset that grows with T or B is int64 (the scalar
+base of each tile: t * stride_t, row0 * stride_b); offsets inside a tile are int32 (64-bit pointer tiles
+cost registers). Any H works by masking (padded columns stay exactly 0 through tanh/relu since phi(0) = 0).
+Launches run on the input's CUDA device (so cuda:1 works whatever the current device is); outside the
+interpreter the kernels refuse CPU tensors (ValueError naming the argument).
 
-Precision: "ieee" (exact fp32; the parity tests), "tf32" (tl.dot input_precision="tf32": what cuDNN uses
-for fp32 RNNs while torch.backends.cudnn.allow_tf32 is on), "bf16" (every GEMM/dot operand rounded to
-bf16, fp32 accumulation, fp32 state). The interpreter has no bf16 arithmetic and its fp32->bf16 cast
-truncates, so there the kernels round to nearest-even bf16 with integer bit operations and run the dot in
-fp32 (products of bf16 values are exact in fp32: the same arithmetic); its tl.dot ignores
-input_precision, so "tf32" is exact there. None = auto: "bf16" under torch.autocast for the input's
-device (outputs then come back in autocast's dtype, as nn.RNN's do), "tf32" on CUDA when
-torch.backends.cudnn.allow_tf32, else "ieee". fp64 input always computes in fp64 ("ieee"); fp16/bf16
-input computes with fp32 state and returns its own dtype. The torch GEMMs follow torch's own matmul
-settings (exact on the CPU); in "bf16" they take bf16-rounded operands in fp32 (straight-through rounding:
-gradients are not rounded on their way back).
+Precision: "ieee" (exact fp32; the parity tests), "tf32" (tl.dot input_precision="tf32"), "bf16" / "fp16"
+(every GEMM/dot operand rounded to bf16 / fp16, fp32 accumulation, fp32 state). None = auto, as nn.RNN:
+"bf16" or "fp16" under torch.autocast for the input's device (its dtype; outputs then come back in that
+dtype, as nn.RNN's do), "tf32" on CUDA when cuDNN's RNN may use TF32 (cudnn_rnn_allows_tf32(): the flag
+ATen's cuDNN RNN reads, torch.backends.cudnn.rnn.fp32_precision where torch has it, else
+torch.backends.cudnn.allow_tf32), else "ieee". fp64 input always computes in fp64 ("ieee"); fp16/bf16
+input outside autocast computes with fp32 state and returns its own dtype. The torch GEMMs (xp, dW_hh, the
+autograd of the addmm) are torch matmuls and follow torch.backends.cuda.matmul's TF32 setting, as every
+torch matmul does; rnn_step computes its input product in-kernel with that same rule. In "bf16"/"fp16"
+they take rounded operands in fp32 (straight-through rounding: gradients are not rounded on their way
+back). The interpreter has no bf16 arithmetic and its fp32->bf16 cast truncates, so there the kernels round
+to nearest-even bf16 with integer bit operations (fp16: numpy's cast, which rounds to nearest-even) and run
+the dot in fp32 (products of bf16 or fp16 values are exact in fp32: the same arithmetic); its tl.dot ignores
+input_precision, so "tf32" is exact there.
 
 Cost model (a GPU; numbers for the default model B=64, T=20, H=512, I=256, 2 layers, fp32 storage)
 -------------------------------------------------------------------------------------------------
-Launches. cuDNN's standard (non-persistent) algorithm, which nn.RNN picks for this configuration, issues
-per layer one big input GEMM and then per time step a (B,H)x(H,H) GEMM plus a pointwise kernel: about
-2*T*L = 80 launches forward and as many backward, each ~4-8 us of launch latency and tail for a GEMM
-that fills only a few SMs (M = 64). Ours: per layer and direction one GEMM + ONE recurrence launch forward,
-ONE recurrence launch + 3 GEMMs (dW_hh, dW_ih, dX) backward: 4 recurrence launches for fwd+bwd instead of
-~160 small kernels.
-Per time step (whole batch): FLOPs 2*B*H^2 = 33.5 MFLOP (the h W_hh^T product; tanh and the add are
-O(B*H)); bytes: read xp_t and h_{t-1} (B*H*4 = 128 KiB each), write h_t (128 KiB), and every program
-streams all of W_hh (H^2*4 = 1 MiB fp32 / 0.5 MiB with bf16 operands) from L2. With BLOCK_B = 16 there
-are B/16 = 4 programs, one SM each; an A100 SM moves ~64 B/clk from L2 (~90 GB/s) and does ~1.4 TFLOP/s
-of tf32 mma, so a step costs ~max(1 MiB / 90 GB/s, 8.4 MFLOP / 1.4 TFLOP/s) = ~12 us (tf32; ~6 us with
-bf16 operands, ~45 us in exact fp32 FMA), i.e. on a par with cuDNN's ~10 us/step for tf32 and ahead with
-bf16 -- the saving is the launches, not bandwidth. Backward costs the same per step, and the weight GEMMs
-run once over T*B = 1280 rows (efficient, as in cuDNN). For H <= 64 (or bf16 H <= ~256 in shared memory)
-W_hh stays on chip and a step is a few hundred ns.
+Launches. cuDNN's standard (non-persistent) algorithm, which nn.RNN picks for this configuration (H > 384
+forward, H > 256 backward: ATen's get_algo), issues per layer one big input GEMM and then per time step a
+(B,H)x(H,H) GEMM plus a pointwise kernel: about 2*T*L = 80 launches forward and as many backward, each ~4-8
+us of launch latency and tail for a GEMM that fills only a few SMs (M = 64). Ours: per layer and direction
+one GEMM + ONE recurrence launch forward, ONE recurrence launch + 3 GEMMs (dW_hh, dW_ih, dX) backward.
+Per time step (whole batch): FLOPs 2*B*H^2 = 33.5 MFLOP; every program streams all of W_hh (H^2*4 = 1 MiB
+fp32; bf16/fp16 operands are converted after the load, so still 1 MiB) from L2, plus h_{t-1} (B/16 rows).
+With BLOCK_B = 16 there are B/16 = 4 programs, one SM each. What the compiled tiled kernel does per step
+(tf32, 64x64 tiles): (H/64)^2 = 64 tile iterations, each a cp.async of 16 KiB of W_hh^T and 4 KiB of h into
+shared memory and 16x64x64 tf32 multiply-adds (~128 cycles of mma at ~512 a cycle). An A100 SM moves ~64 B/clk
+from L2, so a tile takes ~320 cycles to arrive after an L2 latency of ~600 cycles. Unpipelined (num_stages = 1, as before) every
+tile waited for its own round trip: 64 x ~920 cycles = ~59k cycles = ~42 us per step. Pipelined with
+num_stages = 3 (two tiles in flight) the copies overlap: ~64 x 320 cycles of transfer plus one latency
+per N tile (the pipeline refills when the K loop restarts: 8 x 600) = ~25k cycles = ~18 us per step,
+~0.36 ms per layer forward at T = 20. That is bandwidth-bound on the L2->SM path of only 4 SMs: cuDNN's
+~10 us/step (tf32) is a GEMM spread over more SMs, so at B = 64 the fused kernel saves the launches, not
+the per-step time, and it is the number of programs (B/16) that limits it. bf16/fp16 operands halve the
+mma work but not the bytes (W_hh stays fp32 in memory). Backward costs the same per step; the weight GEMMs
+run once over T*B = 1280 rows. For H <= 64 W_hh stays in registers and a step is a few hundred ns.
 Where splitting H would pay off: for large H and small B the batch-tiled grid has only B/BLOCK_B programs,
 each re-reading all of W_hh every step. Splitting the hidden dimension over P programs (each keeping H/P
-rows of W_hh on chip: 512/64 = 8 rows = 16 KiB fp32) makes every step read only h_{t-1} (128 KiB, shared
-through L2) and compute 2*B*H^2/P FLOPs per SM: ~1-2 us per step plus a ~1-2 us grid-wide barrier, i.e.
-3-5x faster than both cuDNN and our kernel at B=64, H=512 (the "persistent RNN" idea). It is not built:
-its programs must wait for each other at every step, which deadlocks Triton's interpreter (it runs programs
-one after another), so it could never be run or tested on the machines this project has.
+rows of W_hh on chip) makes every step read only h_{t-1} and compute 2*B*H^2/P FLOPs per SM, with a
+grid-wide barrier per step (the "persistent RNN" idea; kernels/_rnn_persistent.py, being built separately).
+One step (rnn_step, B = 1): 1.5 MiB of W_ih and W_hh per layer streamed once by 32 programs: ~48 KiB per
+SM, ~1-2 us per layer at a few hundred GB/s per SM of L2/DRAM bandwidth, against rnn()'s single program
+(grid of one: B/16 rounds up to 1) streaming all 1 MiB of W_hh alone plus the GEMM launch for xp.
 
-Layers: @triton.jit kernels -> launchers (_recurrence_forward / _recurrence_backward: check, allocate,
-launch) -> _Recurrence (torch.autograd.Function) -> rnn() (nn.RNN's interface); rnn_reference() is the
-plain PyTorch loop used by tests and benchmarks; TritonRNN is nn.RNN whose forward calls rnn().
+Layers: @triton.jit kernels -> launches (_forward_launch / _backward_launch / _step_launch: one description
+used by the launchers and by gpu_compile_configs) -> launchers (_recurrence_forward / _recurrence_backward:
+check, allocate, launch) -> _Recurrence (torch.autograd.Function) -> rnn() (nn.RNN's interface) and
+rnn_step(); rnn_reference() is the plain PyTorch loop used by tests and benchmarks; TritonRNN is nn.RNN
+whose forward calls rnn().
 """
 from __future__ import annotations
 
@@ -107,17 +131,16 @@ import triton.language as tl
 
 from kernels._common import (NONLINEARITIES, activation, activation_grad_from_output, device_function,
                              nonlinearity_code)
+from kernels._utils import CompileConfig, Launch, check_device, empty, interpreted, meta_tensor, next_pow2
 
-__all__ = ["rnn", "rnn_reference", "TritonRNN", "gpu_compile_configs", "resolve_precision", "PRECISIONS"]
+__all__ = ["rnn", "rnn_step", "rnn_reference", "TritonRNN", "LaunchConfig", "gpu_compile_configs",
+           "resolve_precision", "cudnn_rnn_allows_tf32", "cuda_matmul_allows_tf32", "PRECISIONS"]
 
-PRECISIONS = ("ieee", "tf32", "bf16")
+PRECISIONS = ("ieee", "tf32", "bf16", "fp16")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# Tests set this to True: every buffer a kernel must fill is then allocated full of NaN, so an element the
-# kernel forgot to write shows up as NaN in the outputs or gradients.
-_POISON_OUTPUTS = False
-# Tests set this to a _LaunchConfig to run a specific kernel variant (e.g. the tiled one in the interpreter).
-_FORCE_CONFIG: "_LaunchConfig | None" = None
+_LOW_PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# T (the sequence length) and REVERSE are never specialised: one compiled kernel for every length and direction
+_NO_SPEC = ["T", "REVERSE"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,33 +156,39 @@ def _round_to_bf16(x):
 
 
 @device_function
-def _operand(x, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """A dot operand in the requested precision (bf16: rounded; emulated in fp32 in the interpreter)."""
+def _operand(x, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """A dot operand in the requested precision (bf16/fp16: rounded; emulated in fp32 in the interpreter)."""
     if PRECISION == "bf16":
-        if EMULATE_BF16:
+        if EMULATE:
             return _round_to_bf16(x)
         else:
             return x.to(tl.bfloat16)
+    elif PRECISION == "fp16":
+        if EMULATE:
+            return x.to(tl.float16).to(tl.float32)  # numpy's cast: round to nearest even
+        else:
+            return x.to(tl.float16)
     else:
         return x
 
 
 @device_function
-def _mm(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """acc + a @ b; a is rounded here, b must already be an _operand(). Accumulates in acc's dtype."""
-    a = _operand(a, PRECISION, EMULATE_BF16)
+def _mm(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """acc + a @ b; a is rounded here, b must already be an _operand(). Accumulates in acc's dtype
+    (out_dtype=acc.dtype: Triton 3.6 asserts that an fp64 accumulator is declared as such)."""
+    a = _operand(a, PRECISION, EMULATE)
     if PRECISION == "tf32":
-        return tl.dot(a, b, acc, input_precision="tf32")
-    elif PRECISION == "bf16":
-        if EMULATE_BF16:
-            return tl.dot(a, b, acc, input_precision="ieee")  # exact products of bf16 values
+        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
+    elif PRECISION == "bf16" or PRECISION == "fp16":
+        if EMULATE:
+            return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)  # exact products
         else:
-            return tl.dot(a, b, acc)  # bf16 x bf16 -> fp32 accumulator (mma / wgmma)
+            return tl.dot(a, b, acc, out_dtype=acc.dtype)  # 16-bit operands -> fp32 accumulator (mma)
     else:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_fwd_resident_kernel(
     xp_ptr,  # (T, B, H) input projections with both biases, state dtype, unit stride on H
     w_ptr,  # (H, H) W_hh, unit stride on the last dim
@@ -168,7 +197,7 @@ def _rnn_fwd_resident_kernel(
     T, B, H,
     stride_xt, stride_xb, stride_wn, stride_ht, stride_hb, stride_hTb,
     REVERSE,  # 0: t = 0..T-1; 1: t = T-1..0
-    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     # int64 for every offset that grows with T or B (the scalar base of a tile), int32 inside a tile
@@ -180,7 +209,7 @@ def _rnn_fwd_resident_kernel(
     # W_hh^T as a (K, N) tile: wt[k, n] = W_hh[n, k]; loaded once, held for all T steps
     wt = tl.load(w_ptr + cols[None, :] * stride_wn + cols[:, None], mask=col_ok[:, None] & col_ok[None, :],
                  other=0.0)
-    wt = _operand(wt, PRECISION, EMULATE_BF16)
+    wt = _operand(wt, PRECISION, EMULATE)
     xp_rows = xp_ptr + row0 * stride_xb
     hs_rows = hs_ptr + row0 * stride_hb
     x_off = rb[:, None] * stride_xb + cols[None, :]
@@ -189,12 +218,12 @@ def _rnn_fwd_resident_kernel(
     for s in range(T):
         t = s + REVERSE * (T - 1 - 2 * s)
         xp = tl.load(xp_rows + t.to(tl.int64) * stride_xt + x_off, mask=mask, other=0.0)
-        h = activation(_mm(h, wt, xp, PRECISION, EMULATE_BF16), NONLINEARITY)
+        h = activation(_mm(h, wt, xp, PRECISION, EMULATE), NONLINEARITY)
         tl.store(hs_rows + (t + 1 - REVERSE).to(tl.int64) * stride_ht + h_off, h, mask=mask)
     tl.store(hT_ptr + row0 * stride_hTb + rb[:, None] * stride_hTb + cols[None, :], h, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_bwd_resident_kernel(
     dy_ptr,  # (T, B, H) dL/dy (any strides but unit on H); unused unless HAS_DY
     dhT_ptr,  # (B, H) dL/dh_T; unused unless HAS_DHT
@@ -206,7 +235,7 @@ def _rnn_bwd_resident_kernel(
     stride_dyt, stride_dyb, stride_dhTb, stride_ht, stride_hb, stride_wn, stride_dat, stride_dab,
     stride_dh0b,
     REVERSE,
-    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -218,7 +247,7 @@ def _rnn_bwd_resident_kernel(
     # W_hh as a (K, N) tile: g = dA_t @ W_hh, g[b, n] = sum_k dA_t[b, k] W_hh[k, n]
     w = tl.load(w_ptr + cols[:, None] * stride_wn + cols[None, :], mask=col_ok[:, None] & col_ok[None, :],
                 other=0.0)
-    w = _operand(w, PRECISION, EMULATE_BF16)
+    w = _operand(w, PRECISION, EMULATE)
     zero = tl.full((BLOCK_B, BLOCK_H), 0.0, hs_ptr.dtype.element_ty)  # tl.full: a builtin (tl.zeros is @jit)
     dy_rows = dy_ptr + row0 * stride_dyb
     hs_rows = hs_ptr + row0 * stride_hb
@@ -239,17 +268,17 @@ def _rnn_bwd_resident_kernel(
         h = tl.load(hs_rows + (t + 1 - REVERSE).to(tl.int64) * stride_ht + h_off, mask=mask, other=0.0)
         da = g * activation_grad_from_output(h, NONLINEARITY)
         tl.store(da_rows + t.to(tl.int64) * stride_dat + da_off, da, mask=mask)
-        g = _mm(da, w, zero, PRECISION, EMULATE_BF16)
+        g = _mm(da, w, zero, PRECISION, EMULATE)
     tl.store(dh0_ptr + row0 * stride_dh0b + rb[:, None] * stride_dh0b + cols[None, :], g, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_fwd_tiled_kernel(
     xp_ptr, w_ptr, hs_ptr, hT_ptr,  # as in _rnn_fwd_resident_kernel
     T, B, H,
     stride_xt, stride_xb, stride_wn, stride_ht, stride_hb, stride_hTb,
     REVERSE,
-    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
@@ -272,12 +301,13 @@ def _rnn_fwd_tiled_kernel(
             col_ok = rn < H - n0
             mask = row_ok[:, None] & col_ok[None, :]
             acc = tl.load(xp_t + n0 + x_off, mask=mask, other=0.0)
+            # the pipelined loop (num_stages): its loads become cp.async into shared memory
             for k0 in range(0, H, BLOCK_K):
                 k_ok = rk < H - k0
                 h = tl.load(h_prev + k0 + hk_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + (n0 * stride_wn + k0) + wt_off, mask=k_ok[:, None] & col_ok[None, :],
                              other=0.0)
-                acc = _mm(h, _operand(wt, PRECISION, EMULATE_BF16), acc, PRECISION, EMULATE_BF16)
+                acc = _mm(h, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
             tl.store(h_next + n0 + hn_off, activation(acc, NONLINEARITY), mask=mask)
         # h_t was written by other threads of this program; the next step reads all of it
         tl.debug_barrier()
@@ -289,14 +319,14 @@ def _rnn_fwd_tiled_kernel(
                  mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_bwd_tiled_kernel(
     dy_ptr, dhT_ptr, hs_ptr, w_ptr, da_ptr, dh0_ptr,  # as in _rnn_bwd_resident_kernel
     T, B, H,
     stride_dyt, stride_dyb, stride_dhTb, stride_ht, stride_hb, stride_wn, stride_dat, stride_dab,
     stride_dh0b,
     REVERSE,
-    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -332,12 +362,12 @@ def _rnn_bwd_tiled_kernel(
                     acc += tl.load(dhT_ptr + row0 * stride_dhTb + n0 + rb[:, None] * stride_dhTb + rn[None, :],
                                    mask=mask, other=0.0).to(dtype)
             else:
-                for k0 in range(0, H, BLOCK_K):
+                for k0 in range(0, H, BLOCK_K):  # pipelined, as in the forward kernel
                     k_ok = rk < H - k0
                     da_l = tl.load(da_later + k0 + dak_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                     w = tl.load(w_ptr + (k0 * stride_wn + n0) + w_off, mask=k_ok[:, None] & col_ok[None, :],
                                 other=0.0)
-                    acc = _mm(da_l, _operand(w, PRECISION, EMULATE_BF16), acc, PRECISION, EMULATE_BF16)
+                    acc = _mm(da_l, _operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
             h = tl.load(h_t + n0 + h_off, mask=mask, other=0.0)
             tl.store(da_t + n0 + dan_off, acc * activation_grad_from_output(h, NONLINEARITY), mask=mask)
         tl.debug_barrier()
@@ -351,17 +381,64 @@ def _rnn_bwd_tiled_kernel(
             k_ok = rk < H - k0
             da_f = tl.load(da_first + k0 + dak_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptr + (k0 * stride_wn + n0) + w_off, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = _mm(da_f, _operand(w, PRECISION, EMULATE_BF16), acc, PRECISION, EMULATE_BF16)
+            acc = _mm(da_f, _operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
         tl.store(dh0_rows + n0 + rb[:, None] * stride_dh0b + rn[None, :], acc,
                  mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _rnn_step_kernel(
+    x_ptr,  # (B, I) the layer's input, unit stride on I
+    h_ptr,  # (B, H) h_{t-1}, unit stride on H
+    w_ih_ptr, w_hh_ptr,  # (H, I), (H, H), unit stride on the last dim
+    b_ih_ptr, b_hh_ptr,  # (H,) each; unused unless HAS_BIAS
+    out_ptr,  # (B, H) out: h_t (never aliases h_ptr: other programs still read h_{t-1})
+    B, I, H,
+    stride_xb, stride_hb, stride_wih, stride_whh, stride_ob,
+    NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, IN_PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # program (pid_n, pid_b) computes h_t[rows, n0:n0+BLOCK_N] = phi(x W_ih^T + b_ih + b_hh + h W_hh^T)
+    n0 = tl.program_id(0) * BLOCK_N
+    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+    rb = tl.arange(0, BLOCK_B)
+    row_ok = rb < B - row0
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    col_ok = rn < H - n0
+    dtype = out_ptr.dtype.element_ty
+    acc = tl.full((BLOCK_B, BLOCK_N), 0.0, dtype)
+    if HAS_BIAS:
+        b = tl.load(b_ih_ptr + n0 + rn, mask=col_ok, other=0.0) + tl.load(b_hh_ptr + n0 + rn, mask=col_ok, other=0.0)
+        acc += b[None, :]
+    x_rows = x_ptr + row0 * stride_xb
+    h_rows = h_ptr + row0 * stride_hb
+    for k0 in range(0, I, BLOCK_K):  # x W_ih^T, pipelined
+        k_ok = rk < I - k0
+        x = tl.load(x_rows + k0 + rb[:, None] * stride_xb + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        wt = tl.load(w_ih_ptr + (n0 * stride_wih + k0) + rn[None, :] * stride_wih + rk[:, None],
+                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = _mm(x, _operand(wt, IN_PRECISION, EMULATE), acc, IN_PRECISION, EMULATE)
+    for k0 in range(0, H, BLOCK_K):  # h W_hh^T, pipelined
+        k_ok = rk < H - k0
+        h = tl.load(h_rows + k0 + rb[:, None] * stride_hb + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        wt = tl.load(w_hh_ptr + (n0 * stride_whh + k0) + rn[None, :] * stride_whh + rk[:, None],
+                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = _mm(h, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+    tl.store(out_ptr + row0 * stride_ob + n0 + rb[:, None] * stride_ob + rn[None, :], activation(acc, NONLINEARITY),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Launchers
+# Launch configurations and launches
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _LaunchConfig:
-    """One kernel variant: resident (whole padded H in one tile) or tiled (BLOCK_N x BLOCK_K tiles)."""
+class LaunchConfig:
+    """One kernel variant of the recurrence: resident (whole padded H in one tile) or tiled (BLOCK_N x BLOCK_K
+    tiles). rnn(launch_config=None) chooses one per device (_pick_config); passing one runs that variant (the
+    tests run the GPU's tiled kernel in the interpreter this way). The step kernel has its own (_step_config)."""
 
     resident: bool
     block_b: int
@@ -371,55 +448,117 @@ class _LaunchConfig:
     num_warps: int = 4
     num_stages: int = 1
 
+    def __post_init__(self):
+        sizes = [self.block_b] + ([self.block_h] if self.resident else [self.block_n, self.block_k])
+        if any(not isinstance(v, int) or v < 1 or v & (v - 1) for v in sizes):
+            raise ValueError(f"launch_config: tile sizes must be powers of two, got {self}")
+
 
 # On a GPU: H up to this many units keeps W_hh in registers (a 64x64 tile), larger H uses the tiled kernel.
 _GPU_RESIDENT_MAX_H = 64
 _GPU_BLOCK_B = 16  # the smallest M of an mma tile; B/16 programs
 _GPU_NUM_WARPS = 8
 # BLOCK_N = BLOCK_K of the tiled kernel on a GPU: 64 with tensor cores; 32 for exact fp32/fp64, whose FMA dot
-# holds more of each tile in registers (64x64 ieee needs ~255 registers a thread; 32x32 about 50-110).
-_GPU_TILE = {"ieee": 32, "tf32": 64, "bf16": 64}
+# holds more of each tile in registers (64x64 ieee needs ~255 registers a thread; 32x32 about 50-150).
+_GPU_TILE = {"ieee": 32, "tf32": 64, "bf16": 64, "fp16": 64}
+# Pipeline depth of the tiled and step kernels' K loops: num_stages - 1 = 2 tiles in flight (see the cost model).
+_GPU_STAGES = 3
+# The step kernel on a GPU: 16 hidden units per program (H/16 programs), 64-wide K tiles, 4 warps.
+_GPU_STEP = dict(block_b=16, block_n=16, block_k=64, num_warps=4)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _gpu_config(resident: bool, precision: str) -> _LaunchConfig:
+def _gpu_config(resident: bool, precision: str) -> LaunchConfig:
     if resident:
-        return _LaunchConfig(resident=True, block_b=_GPU_BLOCK_B, block_h=_GPU_RESIDENT_MAX_H,
-                             num_warps=_GPU_NUM_WARPS)
+        return LaunchConfig(resident=True, block_b=_GPU_BLOCK_B, block_h=_GPU_RESIDENT_MAX_H,
+                            num_warps=_GPU_NUM_WARPS)
     tile = _GPU_TILE[precision]
-    return _LaunchConfig(resident=False, block_b=_GPU_BLOCK_B, block_n=tile, block_k=tile, num_warps=_GPU_NUM_WARPS)
+    return LaunchConfig(resident=False, block_b=_GPU_BLOCK_B, block_n=tile, block_k=tile, num_warps=_GPU_NUM_WARPS,
+                        num_stages=_GPU_STAGES)
 
 
-def _pick_config(batch: int, hidden: int, precision: str) -> _LaunchConfig:
-    if _FORCE_CONFIG is not None:
-        return _FORCE_CONFIG
-    h_pad = max(16, _next_pow2(hidden))
-    if _runtime.INTERPRETED:
+def _pick_config(batch: int, hidden: int, precision: str, device: torch.device) -> LaunchConfig:
+    h_pad = max(16, next_pow2(hidden))
+    if device.type == "cpu":  # the interpreter (see _utils.interpreted)
         # the interpreter pays per Triton op: one program over the whole batch (up to 128 rows), whole H
-        return _LaunchConfig(resident=True, block_b=min(128, max(16, _next_pow2(batch))), block_h=h_pad)
+        return LaunchConfig(resident=True, block_b=min(128, max(16, next_pow2(batch))), block_h=h_pad)
     return _gpu_config(h_pad <= _GPU_RESIDENT_MAX_H, precision)
 
 
-def _before_launch() -> None:
-    _runtime.announce_interpreter_once()
+def _gpu_step_config(precision: str) -> LaunchConfig:
+    return LaunchConfig(resident=False, **_GPU_STEP, num_stages=_GPU_STAGES)
 
 
-def _alloc(shape, dtype, device) -> torch.Tensor:
-    if _POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+def _step_config(batch: int, in_size: int, hidden: int, precision: str, device: torch.device) -> LaunchConfig:
+    """(block_b, block_n, block_k) of the step kernel, as a tiled LaunchConfig."""
+    if device.type == "cpu":  # the interpreter (see _utils.interpreted)
+        # one program: the whole (padded) H and the whole of the longer of I and H per tile
+        return LaunchConfig(resident=False, block_b=min(128, max(16, next_pow2(batch))),
+                            block_n=max(16, next_pow2(hidden)), block_k=max(16, next_pow2(max(in_size, hidden))))
+    return _gpu_step_config(precision)
 
 
+def _emulate(precision: str, t: torch.Tensor) -> bool:
+    """bf16/fp16 operands are emulated in fp32 in the interpreter, i.e. for CPU tensors (see the module docstring);
+    a GPU (or the compile report's meta tensors) gets the real 16-bit types."""
+    return precision in _LOW_PRECISION_DTYPE and interpreted(t)
+
+
+def _forward_launch(xp, w_hh, hs, hT, reverse: bool, nonlinearity: str, precision: str,
+                    cfg: LaunchConfig) -> Launch:
+    T, B, H = xp.shape
+    args = dict(xp_ptr=xp, w_ptr=w_hh, hs_ptr=hs, hT_ptr=hT, T=T, B=B, H=H, stride_xt=xp.stride(0),
+                stride_xb=xp.stride(1), stride_wn=w_hh.stride(0), stride_ht=hs.stride(0), stride_hb=hs.stride(1),
+                stride_hTb=hT.stride(0), REVERSE=int(reverse))
+    constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
+                      EMULATE=_emulate(precision, xp), BLOCK_B=cfg.block_b)
+    if cfg.resident:
+        fn, constexprs["BLOCK_H"] = _rnn_fwd_resident_kernel, cfg.block_h
+    else:
+        fn = _rnn_fwd_tiled_kernel
+        constexprs.update(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    return Launch(fn, (triton.cdiv(B, cfg.block_b),), args, constexprs, cfg.num_warps, cfg.num_stages)
+
+
+def _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse: bool, nonlinearity: str, precision: str,
+                     cfg: LaunchConfig) -> Launch:
+    T, B, H = da.shape
+    dy_arg = dy if dy is not None else da  # never read when HAS_DY is False
+    dhT_arg = dhT if dhT is not None else dh0
+    args = dict(dy_ptr=dy_arg, dhT_ptr=dhT_arg, hs_ptr=hs, w_ptr=w_hh, da_ptr=da, dh0_ptr=dh0, T=T, B=B, H=H,
+                stride_dyt=dy_arg.stride(0), stride_dyb=dy_arg.stride(1), stride_dhTb=dhT_arg.stride(0),
+                stride_ht=hs.stride(0), stride_hb=hs.stride(1), stride_wn=w_hh.stride(0), stride_dat=da.stride(0),
+                stride_dab=da.stride(1), stride_dh0b=dh0.stride(0), REVERSE=int(reverse))
+    constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
+                      EMULATE=_emulate(precision, da), HAS_DY=dy is not None, HAS_DHT=dhT is not None, BLOCK_B=cfg.block_b)
+    if cfg.resident:
+        fn, constexprs["BLOCK_H"] = _rnn_bwd_resident_kernel, cfg.block_h
+    else:
+        fn = _rnn_bwd_tiled_kernel
+        constexprs.update(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    return Launch(fn, (triton.cdiv(B, cfg.block_b),), args, constexprs, cfg.num_warps, cfg.num_stages)
+
+
+def _step_launch(x, h, w_ih, w_hh, b_ih, b_hh, out, nonlinearity: str, precision: str, in_precision: str,
+                 cfg: LaunchConfig) -> Launch:
+    B, I = x.shape
+    H = w_hh.shape[0]
+    has_bias = b_ih is not None
+    args = dict(x_ptr=x, h_ptr=h, w_ih_ptr=w_ih, w_hh_ptr=w_hh, b_ih_ptr=b_ih if has_bias else out,
+                b_hh_ptr=b_hh if has_bias else out, out_ptr=out, B=B, I=I, H=H, stride_xb=x.stride(0),
+                stride_hb=h.stride(0), stride_wih=w_ih.stride(0), stride_whh=w_hh.stride(0), stride_ob=out.stride(0))
+    constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision, IN_PRECISION=in_precision,
+                      EMULATE=_emulate(precision, x), HAS_BIAS=has_bias, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+                      BLOCK_K=cfg.block_k)
+    return Launch(_rnn_step_kernel, (triton.cdiv(H, cfg.block_n), triton.cdiv(B, cfg.block_b)), args, constexprs,
+                  cfg.num_warps, cfg.num_stages)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
 def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The kernels need unit stride on the last dim only; other strides are passed as arguments."""
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _emulate_bf16(precision: str) -> bool:
-    return precision == "bf16" and _runtime.INTERPRETED
 
 
 def _check_launch(name: str, t: torch.Tensor, shape, dtype, device) -> None:
@@ -429,11 +568,11 @@ def _check_launch(name: str, t: torch.Tensor, shape, dtype, device) -> None:
 
 
 def _recurrence_forward(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.Tensor, reverse: bool,
-                        nonlinearity: str, precision: str):
+                        nonlinearity: str, precision: str, cfg: LaunchConfig | None = None):
     """Runs h_t = phi(xp_t + h_{t-1} W_hh^T) for all t in one launch.
 
-    xp: (T, B, H) fp32|fp64; h0: (B, H) or None (zeros); w_hh: (H, H). Returns (y (T, B, H) a view of hs,
-    h_T (B, H), hs (T+1, B, H) the state slots kept for backward)."""
+    xp: (T, B, H) fp32|fp64; h0: (B, H) or None (zeros); w_hh: (H, H). cfg: None picks the device's.
+    Returns (y (T, B, H) a view of hs, h_T (B, H), hs (T+1, B, H) the state slots kept for backward)."""
     if xp.dim() != 3 or xp.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"xp: expected a 3-D float32/float64 tensor, got {xp.dim()}-D {xp.dtype}")
     T, B, H = xp.shape
@@ -441,36 +580,28 @@ def _recurrence_forward(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.T
         raise ValueError(f"xp: every size must be > 0, got {tuple(xp.shape)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    check_device(xp, "xp")
     _check_launch("w_hh", w_hh, (H, H), xp.dtype, xp.device)
     if h0 is not None:
         _check_launch("h0", h0, (B, H), xp.dtype, xp.device)
     xp = _inner_contiguous(xp)
     w_hh = _inner_contiguous(w_hh)
-    hs = _alloc((T + 1, B, H), xp.dtype, xp.device)
+    hs = empty((T + 1, B, H), xp.dtype, xp.device)
     h0_slot = hs[T] if reverse else hs[0]
     if h0 is None:
         h0_slot.zero_()
     else:
         h0_slot.copy_(h0)
-    hT = _alloc((B, H), xp.dtype, xp.device)
-    cfg = _pick_config(B, H, precision)
-    common = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                  EMULATE_BF16=_emulate_bf16(precision), BLOCK_B=cfg.block_b,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    args = (xp, w_hh, hs, hT, T, B, H, xp.stride(0), xp.stride(1), w_hh.stride(0), hs.stride(0), hs.stride(1),
-            hT.stride(0), int(reverse))
-    grid = (triton.cdiv(B, cfg.block_b),)
-    _before_launch()
-    if cfg.resident:
-        _rnn_fwd_resident_kernel[grid](*args, BLOCK_H=cfg.block_h, **common)
-    else:
-        _rnn_fwd_tiled_kernel[grid](*args, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **common)
+    hT = empty((B, H), xp.dtype, xp.device)
+    cfg = cfg or _pick_config(B, H, precision, xp.device)
+    _forward_launch(xp, w_hh, hs, hT, reverse, nonlinearity, precision, cfg)()
     y = hs[:T] if reverse else hs[1:]
     return y, hT, hs
 
 
 def _recurrence_backward(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: torch.Tensor,
-                         w_hh: torch.Tensor, reverse: bool, nonlinearity: str, precision: str):
+                         w_hh: torch.Tensor, reverse: bool, nonlinearity: str, precision: str,
+                         cfg: LaunchConfig | None = None):
     """Walks t in reverse: dA_t = (dy_t + dA_{t+1} W_hh) * phi'(h_t). Returns (dA (T, B, H), dh_0 (B, H))."""
     T1, B, H = hs.shape
     T = T1 - 1
@@ -483,31 +614,19 @@ def _recurrence_backward(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: 
         _check_launch("dhT", dhT, (B, H), dhT.dtype, device)
         dhT = _inner_contiguous(dhT)
     w_hh = _inner_contiguous(w_hh)
-    da = _alloc((T, B, H), dtype, device)
-    dh0 = _alloc((B, H), dtype, device)
-    cfg = _pick_config(B, H, precision)
-    dy_arg = dy if dy is not None else da  # never read when HAS_DY is False
-    dhT_arg = dhT if dhT is not None else dh0
-    args = (dy_arg, dhT_arg, hs, w_hh, da, dh0, T, B, H,
-            dy_arg.stride(0), dy_arg.stride(1), dhT_arg.stride(0), hs.stride(0), hs.stride(1), w_hh.stride(0),
-            da.stride(0), da.stride(1), dh0.stride(0), int(reverse))
-    common = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                  EMULATE_BF16=_emulate_bf16(precision), HAS_DY=dy is not None, HAS_DHT=dhT is not None,
-                  BLOCK_B=cfg.block_b, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    grid = (triton.cdiv(B, cfg.block_b),)
-    _before_launch()
-    if cfg.resident:
-        _rnn_bwd_resident_kernel[grid](*args, BLOCK_H=cfg.block_h, **common)
-    else:
-        _rnn_bwd_tiled_kernel[grid](*args, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **common)
+    da = empty((T, B, H), dtype, device)
+    dh0 = empty((B, H), dtype, device)
+    _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse, nonlinearity, precision,
+                     cfg or _pick_config(B, H, precision, device))()
     return da, dh0
 
 
 def _round_operand(t: torch.Tensor, precision: str) -> torch.Tensor:
-    """bf16: t rounded to bf16 (kept in t's dtype). Straight-through: the gradient passes unrounded."""
-    if precision != "bf16":
+    """bf16/fp16: t rounded to that dtype (kept in t's dtype). Straight-through: the gradient passes unrounded."""
+    low = _LOW_PRECISION_DTYPE.get(precision)
+    if low is None:
         return t
-    return t + (t.detach().to(torch.bfloat16).to(t.dtype) - t.detach())
+    return t + (t.detach().to(low).to(t.dtype) - t.detach())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -517,10 +636,10 @@ class _Recurrence(torch.autograd.Function):
     """(xp, h0, W_hh) -> (y, h_T) for one layer and direction; backward = one reverse launch + one GEMM."""
 
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, reverse: bool, nonlinearity: str, precision: str):
-        y, hT, hs = _recurrence_forward(xp, h0, w_hh, reverse, nonlinearity, precision)
+    def forward(ctx, xp, h0, w_hh, reverse: bool, nonlinearity: str, precision: str, cfg: LaunchConfig | None):
+        y, hT, hs = _recurrence_forward(xp, h0, w_hh, reverse, nonlinearity, precision, cfg)
         ctx.save_for_backward(hs, w_hh)
-        ctx.reverse, ctx.nonlinearity, ctx.precision = reverse, nonlinearity, precision
+        ctx.reverse, ctx.nonlinearity, ctx.precision, ctx.cfg = reverse, nonlinearity, precision, cfg
         ctx.set_materialize_grads(False)
         return y, hT
 
@@ -530,8 +649,8 @@ class _Recurrence(torch.autograd.Function):
         hs, w_hh = ctx.saved_tensors
         T = hs.shape[0] - 1
         if dy is None and dhT is None:
-            return None, None, None, None, None, None
-        da, dh0 = _recurrence_backward(dy, dhT, hs, w_hh, ctx.reverse, ctx.nonlinearity, ctx.precision)
+            return None, None, None, None, None, None, None
+        da, dh0 = _recurrence_backward(dy, dhT, hs, w_hh, ctx.reverse, ctx.nonlinearity, ctx.precision, ctx.cfg)
         dw_hh = None
         if ctx.needs_input_grad[2]:
             # dW_hh = sum_t dA_t^T h_{t-1}: h_{t-1} are the slots the forward read from
@@ -539,7 +658,7 @@ class _Recurrence(torch.autograd.Function):
             H = hs.shape[2]
             dw_hh = (_round_operand(da, ctx.precision).reshape(-1, H).t()
                      @ _round_operand(h_prev, ctx.precision).reshape(-1, H))
-        return da, (dh0 if ctx.needs_input_grad[1] else None), dw_hh, None, None, None
+        return da, (dh0 if ctx.needs_input_grad[1] else None), dw_hh, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -564,14 +683,37 @@ class _Args:
     autocast: bool
 
 
+def cudnn_rnn_allows_tf32() -> bool:
+    """Whether nn.RNN's cuDNN kernels may use TF32 for fp32 data: ATen's cuDNN RNN asks
+    allowTF32CuDNN(Float32Op::RNN), which torch >= 2.9 exposes as torch.backends.cudnn.rnn.fp32_precision
+    (the legacy torch.backends.cudnn.allow_tf32 setter updates it, and reading allow_tf32 raises once the two
+    APIs were mixed); older torch has only torch.backends.cudnn.allow_tf32."""
+    rnn_flags = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn_flags is not None and hasattr(rnn_flags, "fp32_precision"):
+        return rnn_flags.fp32_precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def cuda_matmul_allows_tf32() -> bool:
+    """Whether torch's CUDA matmuls (cuBLAS) may use TF32 for fp32 data: torch.backends.cuda.matmul.fp32_precision
+    where torch has it and it is set ("tf32" / "ieee"), else the legacy torch.backends.cuda.matmul.allow_tf32."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
 def resolve_precision(precision: str | None, input: torch.Tensor) -> str:
-    """None -> "bf16" under autocast for input's device, "tf32" on CUDA with cudnn.allow_tf32, else "ieee"."""
+    """None -> "bf16"/"fp16" under autocast for input's device (autocast's dtype), "tf32" on CUDA when cuDNN's
+    RNN may use TF32 (cudnn_rnn_allows_tf32), else "ieee". An explicit precision is checked and returned."""
     if precision is None:
         if input.dtype == torch.float64:
             return "ieee"
         if torch.is_autocast_enabled(input.device.type):
-            return "bf16"
-        if input.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+            autocast_dtype = torch.get_autocast_dtype(input.device.type)
+            return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype, "ieee")
+        if input.device.type == "cuda" and cudnn_rnn_allows_tf32():
             return "tf32"
         return "ieee"
     if precision not in PRECISIONS:
@@ -703,24 +845,26 @@ def _run_layers(a: _Args, one_direction):
 # Public functions
 # ----------------------------------------------------------------------------------------------------------
 def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0,
-        training=False, bidirectional=False, precision=None):
+        training=False, bidirectional=False, precision=None, launch_config: LaunchConfig | None = None):
     """torch.nn.RNN's forward, computed by rnnlm's Triton recurrence kernels.
 
     Args:
         input: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I); float16/bfloat16/float32/float64.
-            Non-contiguous input is fine (it is copied to time-major contiguous layout).
+            Non-contiguous input is fine (it is copied to time-major contiguous layout). A CUDA tensor (the
+            kernels run on its device), or a CPU tensor when Triton runs in its interpreter.
         hx: initial state (num_layers * num_directions, B, H) ((L*D, H) for unbatched input) or None (zeros).
         flat_weights: nn.RNN's ``_flat_weights`` list: for each layer, for each direction:
             weight_ih (H, I_l), weight_hh (H, H), then bias_ih (H,), bias_hh (H,) when bias is True.
         num_layers, nonlinearity ("tanh" | "relu"), bias, batch_first, dropout, training, bidirectional:
             as in torch.nn.RNN (dropout acts between layers, only when training is True).
-        precision: None (auto: "bf16" under torch.autocast, "tf32" on CUDA when
-            torch.backends.cudnn.allow_tf32, else "ieee") | "ieee" | "tf32" | "bf16". See the module docstring.
+        precision: None (auto: "bf16"/"fp16" under torch.autocast, "tf32" on CUDA when cuDNN's RNN may use
+            TF32, else "ieee") | "ieee" | "tf32" | "bf16" | "fp16". See the module docstring.
+        launch_config: None (the device's choice) or a LaunchConfig to run that kernel variant.
 
     Returns:
         (output, h_n) as nn.RNN: output (T, B, D*H) (batch_first: (B, T, D*H); unbatched: (T, D*H)) and
         h_n (L*D, B, H) ((L*D, H) unbatched), in the input's dtype (autocast's dtype under autocast).
-        Differentiable with respect to input, hx and every weight.
+        Differentiable with respect to input, hx and every weight. No host synchronisation.
 
     Raises:
         ValueError naming the argument for a wrong rank, dtype, device or size, an hx of the wrong shape, an
@@ -728,6 +872,9 @@ def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, 
     """
     a = _check_args(input, hx, flat_weights, num_layers, nonlinearity, bias, batch_first, dropout, training,
                     bidirectional, precision)
+    check_device(input, "input")
+    if launch_config is not None and not isinstance(launch_config, LaunchConfig):
+        raise ValueError(f"launch_config must be None or a LaunchConfig, got {type(launch_config).__name__}")
 
     def one_direction(x, h0, w_ih, w_hh, b_ih, b_hh, reverse):
         T, B, I = x.shape
@@ -735,18 +882,64 @@ def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, 
         w2 = _round_operand(w_ih, a.precision).t()
         # xp = X W_ih^T + (b_ih + b_hh): both biases folded into one GEMM
         xp = torch.mm(x2, w2) if b_ih is None else torch.addmm(b_ih + b_hh, x2, w2)
-        return _Recurrence.apply(xp.view(T, B, a.hidden), h0, w_hh, reverse, a.nonlinearity, a.precision)
+        return _Recurrence.apply(xp.view(T, B, a.hidden), h0, w_hh, reverse, a.nonlinearity, a.precision,
+                                 launch_config)
 
     with torch.autocast(a.x.device.type, enabled=False):
         output, h_n = _run_layers(a, one_direction)
     return _finish(a, output, h_n)
 
 
+def rnn_step(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, precision=None):
+    """One time step of a unidirectional torch.nn.RNN, for generation: ONE kernel launch per layer, no autograd.
+
+    input: (B, I) the step's input (float16/bfloat16/float32/float64; CUDA, or CPU in the interpreter);
+    hx: (num_layers, B, H) the state before the step, or None (zeros); flat_weights, num_layers, nonlinearity,
+    bias, precision: as rnn(). Computes, layer by layer, h' = phi(x W_ih^T + b_ih + b_hh + h W_hh^T) with x the
+    layer below's new state, exactly rnn() on a sequence of length 1 (up to the order of the fp32 sums).
+    Returns (output (B, H): the last layer's new state, h_n (num_layers, B, H)): output is h_n[-1], in the input's
+    dtype (autocast's dtype under autocast). Reads nothing back to the host, so a generation loop that feeds it
+    sampled tokens never waits for the GPU. Not differentiable: call it under torch.no_grad() or
+    torch.inference_mode() (ValueError when an argument requires grad while grad mode is on), and for
+    training use rnn().
+    """
+    if not isinstance(input, torch.Tensor) or input.dim() != 2:
+        got = f"{input.dim()}-D tensor" if isinstance(input, torch.Tensor) else type(input).__name__
+        raise ValueError(f"input: expected a 2-D (B, I) tensor for one time step, got {got}")
+    if hx is not None and not isinstance(hx, torch.Tensor):
+        raise ValueError(f"hx must be a torch.Tensor or None, got {type(hx).__name__}")
+    a = _check_args(input.unsqueeze(0), hx, flat_weights, num_layers, nonlinearity, bias, False, 0.0, False, False,
+                    precision)
+    check_device(input, "input")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *flat_weights)):
+        raise ValueError("rnn_step is not differentiable: call it under torch.no_grad() or torch.inference_mode(), "
+                         "or use rnn() to train")
+    x = a.x[0].to(a.state_dtype)  # (B, I)
+    B, H = x.shape[0], a.hidden
+    in_precision = a.precision
+    if in_precision in ("ieee", "tf32"):  # the input product follows torch's matmul setting, as rnn()'s GEMM
+        in_precision = "tf32" if x.device.type == "cuda" and cuda_matmul_allows_tf32() else "ieee"
+    h_n = empty((a.num_layers, B, H), a.state_dtype, x.device)
+    for layer in range(a.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (None if w is None else _inner_contiguous(w.to(a.state_dtype))
+                                  for w in a.weights[layer])
+        if a.h0 is None:
+            h = torch.zeros((B, H), dtype=a.state_dtype, device=x.device)
+        else:
+            h = _inner_contiguous(a.h0[layer].to(a.state_dtype))
+        cfg = _step_config(B, x.shape[1], H, a.precision, x.device)
+        _step_launch(_inner_contiguous(x), h, w_ih, w_hh, b_ih, b_hh, h_n[layer], a.nonlinearity, a.precision,
+                     in_precision, cfg)()
+        x = h_n[layer]
+    h_n = h_n.to(a.out_dtype)
+    return h_n[-1], h_n
+
+
 def rnn_reference(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, batch_first=False,
                   dropout=0.0, training=False, bidirectional=False, precision=None):
     """The same function as rnn(), written as a plain PyTorch loop over time (tests and benchmarks).
 
-    Precision: "bf16" rounds every product's operands to bf16 as rnn() does; "tf32" computes exactly
+    Precision: "bf16"/"fp16" round every product's operands as rnn() does; "tf32" computes exactly
     (the reference has no tf32 arithmetic of its own)."""
     a = _check_args(input, hx, flat_weights, num_layers, nonlinearity, bias, batch_first, dropout, training,
                     bidirectional, precision)
@@ -790,38 +983,47 @@ class TritonRNN(nn.RNN):
 # ----------------------------------------------------------------------------------------------------------
 # GPU compile configurations (kernels/compile_report.py)
 # ----------------------------------------------------------------------------------------------------------
-def gpu_compile_configs():
-    """Every (kernel, constexprs, warps) the launchers can choose on a GPU, for kernels/compile_report.py.
+def gpu_compile_configs() -> list[CompileConfig]:
+    """Every kernel variant the launchers choose on a GPU, each at a representative launch (meta tensors),
+    specialised as Triton specialises that launch (kernels/_utils.py), for kernels/compile_report.py.
 
-    Axes: forward/backward x resident (H <= 64) / tiled x tanh/relu x precision (fp32 state: ieee, tf32,
-    bf16; fp64 state: ieee), each with the tile _gpu_config() gives it. The backward kernels are listed with
-    dy and dh_T both present (the HAS_* flags only remove loads). Tensor cores are expected for tf32/bf16."""
-    from kernels.compile_report import CompileConfig  # lazily: the report helper's module
-
-    kernels = {("fwd", True): _rnn_fwd_resident_kernel, ("fwd", False): _rnn_fwd_tiled_kernel,
-               ("bwd", True): _rnn_bwd_resident_kernel, ("bwd", False): _rnn_bwd_tiled_kernel}
+    Recurrence (T = 20, B = 64), forward and backward, resident (H = 64) and tiled (H = 512), for every precision
+    (fp32 state: ieee, tf32, bf16, fp16; fp64 state: ieee) with tanh; also with relu; at B = 1 (a prompt of one
+    sample: B becomes a constant; forward only, as generation never goes backward); and, for the fp32-operand
+    precisions (ieee, tf32: what runs without autocast), at H = 50 / 130, sizes not divisible by 16 (scalar loads,
+    a separate compile). Backward kernels have dy and dh_T both present (the HAS_* flags only remove loads).
+    Step (I = 256, H = 512): B = 1 with tanh and relu and B = 16 with tanh, every precision. Tensor cores are
+    expected for tf32/bf16/fp16; cp.async for every tiled and step kernel (their K loops are pipelined)."""
+    T, B = 20, 64
+    meta = meta_tensor
     out = []
-    for ty, precisions in (("fp32", PRECISIONS), ("fp64", ("ieee",))):
-        for resident in (True, False):
-            for prec in precisions:
-                cfg = _gpu_config(resident, prec)
-                blocks = ({"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h} if resident
-                          else {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k})
-                for nonlin in NONLINEARITIES:
-                    for direction in ("fwd", "bwd"):
-                        fn = kernels[direction, resident]
-                        constexprs = {"NONLINEARITY": nonlinearity_code(nonlin), "PRECISION": prec,
-                                      "EMULATE_BF16": False, **blocks}
-                        if direction == "bwd":
-                            constexprs.update(HAS_DY=True, HAS_DHT=True)
-                        # pointers carry the state dtype; every other runtime argument is an int
-                        signature = {a: (f"*{ty}" if a.endswith("_ptr") else "i32")
-                                     for a in fn.arg_names if a not in constexprs}
-                        signature.update({c: "constexpr" for c in constexprs})
-                        name = "x".join(str(v) for v in blocks.values())
-                        out.append(CompileConfig(
-                            name=f"rnn_{direction}_{'resident' if resident else 'tiled'}_{ty}_{nonlin}_{prec}_{name}",
-                            fn=fn, signature=signature, constexprs=constexprs,
-                            expect_tensor_cores=prec in ("tf32", "bf16"),
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+    def add(name, launch, precision):
+        out.append(launch.compile_config(name, expect_tensor_cores=precision != "ieee",
+                                         expect_cp_async=launch.num_stages > 1))
+
+    for state, precisions in ((torch.float32, PRECISIONS), (torch.float64, ("ieee",))):
+        ty = "fp32" if state == torch.float32 else "fp64"
+        for precision in precisions:
+            for resident, hidden, odd_hidden in ((True, 64, 50), (False, 512, 130)):
+                cfg = _gpu_config(resident, precision)
+                shapes = [("tanh", B, hidden), ("relu", B, hidden), ("tanh", 1, hidden)]
+                if state == torch.float32 and precision in ("ieee", "tf32"):
+                    shapes.append(("tanh", B, odd_hidden))
+                for nonlin, batch, H in shapes:
+                    tag = f"{'resident' if resident else 'tiled'}_{ty}_{nonlin}_{precision}_B{batch}_H{H}"
+                    hs, da, w, hb = meta((T + 1, batch, H), state), meta((T, batch, H), state), meta((H, H), state), \
+                        meta((batch, H), state)
+                    add(f"rnn_fwd_{tag}", _forward_launch(da, w, hs, hb, False, nonlin, precision, cfg), precision)
+                    if batch > 1:
+                        add(f"rnn_bwd_{tag}", _backward_launch(da, hb, hs, w, da, hb, False, nonlin, precision, cfg),
+                            precision)
+            I, H = 256, 512
+            for nonlin, batch in (("tanh", 1), ("relu", 1), ("tanh", 16)):
+                x, h, o = meta((batch, I), state), meta((batch, H), state), meta((batch, H), state)
+                w_ih, w_hh, b = meta((H, I), state), meta((H, H), state), meta(H, state)
+                in_precision = "ieee" if precision == "tf32" else precision  # torch's matmul default: no TF32
+                add(f"rnn_step_{ty}_{nonlin}_{precision}_B{batch}_I{I}_H{H}",
+                    _step_launch(x, h, w_ih, w_hh, b, b, o, nonlin, precision, in_precision,
+                                 _gpu_step_config(precision)), precision)
     return out
