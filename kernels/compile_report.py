@@ -1,9 +1,14 @@
 """Compile report: builds GPU code for every kernel configuration, for GPUs this machine doesn't have.
 
 Each kernel module (KERNEL_MODULES) lists, in `gpu_compile_configs()`, every configuration its launcher can
-choose on a GPU, as `CompileConfig`s. This module compiles each one for sm_80 (A100) and sm_90 (H100) with
-`triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", cc, 32))`, which needs no GPU,
-and reads what the kernel costs a streaming multiprocessor:
+choose on a GPU, as `CompileConfig`s (kernels/_utils.py) built from representative launches: the signature,
+constants and `tt.divisibility` attributes are those Triton derives from that launch's very arguments (an int
+equal to 1 becomes a constant, sizes, strides and addresses divisible by 16 get the attribute, arguments in the
+kernel's do_not_specialize get neither), so what is compiled here is what those launches compile. This module
+imports the op modules (they never import it) and compiles each configuration for sm_80 (A100) and sm_90 (H100)
+with `triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
+options=dict(num_warps, num_stages))`, which needs no GPU, and reads what the kernel costs a streaming
+multiprocessor:
 
 - registers, stack frame and local memory: `cuobjdump --dump-resource-usage` on the cubin (the copy bundled
   with triton); spill stores/loads: `ptxas -v` rerun on the same PTX with triton's flags. Anything in local
@@ -12,17 +17,22 @@ and reads what the kernel costs a streaming multiprocessor:
 - shared memory: triton's dynamic shared memory (metadata.shared) plus the cubin's static SHARED, against
   the most one block can use (sm_80: 163 KB, sm_90: 227 KB).
 - tensor-core instructions: `mma.sync` (sm_80, and sm_90 when wgmma doesn't apply) / `wgmma.mma_async`
-  (sm_90) in the PTX. Configurations with `expect_tensor_cores=True` (tf32 and bf16 paths) must emit them.
-
-Pointer arguments are compiled as 16-byte aligned (`tt.divisibility=16`), as triton specialises them at
-launch for torch's allocations; integer arguments get no divisibility hint (the conservative case).
+  (sm_90) in the PTX. Configurations with `expect_tensor_cores=True` (tf32, bf16, fp16 paths) must emit them.
+- asynchronous copies: `cp.async` (global -> shared, what Triton's software pipeliner emits for a loop's
+  loads at num_stages > 1) in the PTX. Configurations with `expect_cp_async=True` (the pipelined recurrence
+  kernels) must emit them.
 
 Under TRITON_INTERPRET=1 the kernels' @triton.jit objects are interpreter functions that cannot be
 compiled, so compilation runs in subprocesses started with RNNLM_KERNELS_COMPILE_ONLY=1 and without
 TRITON_INTERPRET (kernels/_runtime.py then keeps real JITFunctions), two at a time (sharded over the
 configurations). Results are cached in $RNNLM_CACHE_DIR/compile_report (default ~/.cache/rnnlm), keyed by
-the sources of kernels/ and of the listed modules, this file, the triton version and the architecture, so
-the test and the benchmark report don't compile twice.
+every source file of kernels/, the listed module's file, the triton version and the architecture, so the test
+and the benchmark report don't compile twice.
+
+Triton versions: the calls here (ASTSource(fn, signature, constexprs, attrs) with attribute keys (index,),
+triton.compile(src, target=, options=), GPUTarget(backend, arch, warp_size), metadata.shared/.name/
+.enable_fp_fusion, asm["ptx"/"cubin"], triton.backends.nvidia.compiler.get_ptxas and sm_arch_from_capability)
+exist in Triton 3.5, 3.6 and 3.9; get_ptxas takes the architecture from 3.6 on and nothing in 3.5.
 
 CLI: `python -m kernels.compile_report [--out DIR] [--arch 80 90] [--modules M ...] [--jobs N] [--no-cache]`
 writes DIR/compile_report.json and DIR/compile_report.md and prints the table; exit 1 when a configuration
@@ -30,8 +40,8 @@ fails a check. API: `run_compile_report(archs=(80, 90), out_dir=None) -> list[di
 configuration and architecture); `compile_report(...) -> dict` (rows plus the status of each module);
 `markdown_table(report) -> str`.
 
-This module imports neither triton nor any kernel module at import time (kernel modules import
-CompileConfig from here lazily, inside gpu_compile_configs()).
+This module imports neither triton nor any kernel module at import time: the compile workers import the
+op modules in compile-only mode (their @triton.jit functions must not be interpreter functions).
 """
 from __future__ import annotations
 
@@ -41,6 +51,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -48,7 +59,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -57,28 +67,22 @@ ARCHS: tuple[int, ...] = (80, 90)
 # Most shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 163 KB, H100 227 KB.
 SHARED_LIMIT: dict[int, int] = {80: 163 * 1024, 90: 227 * 1024}
 REGISTERS_PER_SM = 65536  # 64K 32-bit registers per SM on both; one block must fit
-REPORT_VERSION = 1  # bump when the row format changes (part of the cache key)
+REPORT_VERSION = 2  # bump when the row format changes (part of the cache key)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _KERNELS_DIR = Path(__file__).resolve().parent
 
 
-@dataclass
-class CompileConfig:
-    """One kernel configuration a launcher can choose on a GPU.
 
-    signature maps every non-constexpr argument name to its triton type ("*fp32", "i32", "fp32", ...);
-    constexpr arguments may be listed as "constexpr" or left out (they are added). constexprs maps each
-    constexpr argument name to its value.
-    """
 
-    name: str
-    fn: Any  # triton.runtime.jit.JITFunction (real one: only in compile-only mode)
-    signature: dict[str, str]
-    constexprs: dict[str, object]
-    expect_tensor_cores: bool
-    num_warps: int = 4
-    num_stages: int = 1
+def __getattr__(name: str):
+    """CompileConfig lives in kernels._utils (which imports triton); it is re-exported here lazily, for scripts
+    that build configurations of their own (tests/test_compile_report.py's tiny module)."""
+    if name == "CompileConfig":
+        from kernels._utils import CompileConfig
+
+        return CompileConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -118,28 +122,17 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("RNNLM_CACHE_DIR") or Path.home() / ".cache" / "rnnlm") / "compile_report"
 
 
-_KERNELS_IMPORT_RE = re.compile(r"^\s*from\s+kernels(?:\.(\w+))?\s+import\s+(\([^)]*\)|[^\n]*)", re.M)
-
-
 def _source_files(module: str) -> list[Path]:
-    """The module's file and the kernels/ files it imports (transitively), plus the shared plumbing."""
-    base = [_KERNELS_DIR / n for n in ("__init__.py", "_runtime.py", "compile_report.py")]
-    files: list[Path] = []
-    todo = [f for f in [_module_file(module)] if f is not None]
-    while todo:
-        f = todo.pop()
-        if f in files:
-            continue
-        files.append(f)
-        for sub, names in _KERNELS_IMPORT_RE.findall(f.read_text(errors="replace")):
-            listed = re.sub(r"#.*", "", names).strip("()").split(",")
-            deps = [sub] if sub else [n.split()[0] for n in listed if n.strip()]
-            todo += [p for p in (_KERNELS_DIR / f"{d}.py" for d in deps) if p.is_file()]
-    return sorted(set(files) | {b for b in base if b.is_file()})
+    """Every source file of kernels/ (the ops and what they share) and the module's own file."""
+    files = set(_KERNELS_DIR.glob("*.py"))
+    own = _module_file(module)
+    if own is not None:
+        files.add(own)
+    return sorted(files)
 
 
 def _cache_key(module: str, arch: int) -> str:
-    """Changes when the module, a kernels/ file it imports, this file or the triton version changes."""
+    """Changes when a kernels/ file, the module's file or the triton version changes."""
     h = hashlib.sha256()
     h.update(f"v{REPORT_VERSION} triton {_triton_version()} arch {arch} module {module}\n".encode())
     for f in _source_files(module):
@@ -165,6 +158,7 @@ def _parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
 
 _PTXAS_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _TC_RE = re.compile(r"^\s*(?:@%?\w+\s+)?((?:wgmma\.mma_async|mma\.sync)[\w.]*)", re.M)
+_CP_ASYNC_RE = re.compile(r"^\s*(?:@%?\w+\s+)?(cp\.async\.(?:ca|cg|bulk)[\w.:]*)", re.M)
 
 
 def tensor_core_instructions(ptx: str) -> dict[str, int]:
@@ -175,8 +169,23 @@ def tensor_core_instructions(ptx: str) -> dict[str, int]:
     return counts
 
 
+def cp_async_instructions(ptx: str) -> dict[str, int]:
+    """Distinct cp.async copy instructions (cp.async.ca/.cg/.bulk, not the commit/wait ones) in PTX text, counted."""
+    counts: dict[str, int] = {}
+    for m in _CP_ASYNC_RE.finditer(ptx):
+        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def _ptxas_path(arch: int) -> str:
+    """ptxas bundled with triton: get_ptxas(arch) from Triton 3.6 on, get_ptxas() in 3.5."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return (get_ptxas(arch) if inspect.signature(get_ptxas).parameters else get_ptxas()).path
+
+
 # ------------------------------------------------------------------------------- worker (compile-only mode)
-def _full_signature(cfg: CompileConfig) -> dict[str, str]:
+def _full_signature(cfg) -> dict[str, str]:
     sig = dict(cfg.signature)
     for name in cfg.constexprs:
         sig[name] = "constexpr"
@@ -185,18 +194,22 @@ def _full_signature(cfg: CompileConfig) -> dict[str, str]:
     return dict(sorted(sig.items(), key=lambda kv: order.get(kv[0], 1 << 30)))
 
 
-def _compile_and_measure(module: str, cfg: CompileConfig, arch: int) -> dict:
+def _compile_and_measure(module: str, cfg, arch: int) -> dict:
     """Compiles one configuration for one architecture and measures it (runs in the worker process)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
 
     row: dict[str, Any] = {
         "module": module, "kernel": getattr(cfg.fn, "__name__", repr(cfg.fn)), "config": cfg.name,
         "arch": f"sm_{arch}", "cc": arch, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+        "maxnreg": getattr(cfg, "maxnreg", None),
         "constexprs": {k: repr(v) if not isinstance(v, (int, float, str, bool)) else v
                        for k, v in cfg.constexprs.items()},
-        "expect_tensor_cores": bool(cfg.expect_tensor_cores), "shared_limit": SHARED_LIMIT.get(arch),
+        "expect_tensor_cores": bool(cfg.expect_tensor_cores),
+        "expect_cp_async": bool(getattr(cfg, "expect_cp_async", False)), "shared_limit": SHARED_LIMIT.get(arch),
+        "signature": {k: v for k, v in cfg.signature.items() if v != "constexpr"},
+        "divisible_by_16": sorted(getattr(cfg, "attrs", {})),
         "compiled": False, "problems": [],
     }
     if type(cfg.fn).__name__ == "InterpretedFunction" or not hasattr(cfg.fn, "arg_names"):
@@ -206,12 +219,13 @@ def _compile_and_measure(module: str, cfg: CompileConfig, arch: int) -> dict:
     t0 = time.perf_counter()
     try:
         signature = _full_signature(cfg)
-        # 16-byte aligned pointers, as triton specialises torch's allocations at launch
-        attrs = {(cfg.fn.arg_names.index(k),): [["tt.divisibility", 16]]
-                 for k, v in signature.items() if v.startswith("*")}
+        # the launch's own specialization (kernels/_utils.py: Launch.compile_config)
+        attrs = {(cfg.fn.arg_names.index(k),): v for k, v in getattr(cfg, "attrs", {}).items()}
         src = triton.compiler.ASTSource(cfg.fn, signature, dict(cfg.constexprs), attrs)
-        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if getattr(cfg, "maxnreg", None) is not None:
+            options["maxnreg"] = cfg.maxnreg
+        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as err:  # noqa: BLE001  (reported in the table, the test fails on it)
         msg = " ".join(str(err).split())
         row["problems"].append(f"compile failed: {type(err).__name__}: {msg[:400]}")
@@ -231,7 +245,7 @@ def _compile_and_measure(module: str, cfg: CompileConfig, arch: int) -> dict:
         ptx_file = Path(tmp) / "k.ptx"
         ptx_file.write_text(ptx)
         fmad = [] if ck.metadata.enable_fp_fusion else ["--fmad=false"]
-        res2 = subprocess.run([get_ptxas(arch).path, "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
+        res2 = subprocess.run([_ptxas_path(arch), "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
                                f"--gpu-name={sm_arch_from_capability(arch)}", str(ptx_file), "-o",
                                str(Path(tmp) / "k.o")], capture_output=True, text=True)
     entry = usage.get(ck.metadata.name) or (next(iter(usage.values())) if usage else {})
@@ -247,6 +261,7 @@ def _compile_and_measure(module: str, cfg: CompileConfig, arch: int) -> dict:
         "shared_static": entry.get("SHARED", 0), "shared_dynamic": int(ck.metadata.shared),
         "global_scratch": int(getattr(ck.metadata, "global_scratch_size", 0) or 0),
         "tensor_core_instructions": tensor_core_instructions(ptx),
+        "cp_async_instructions": cp_async_instructions(ptx),
     })
     row["shared_bytes"] = row["shared_static"] + row["shared_dynamic"]
     problems = row["problems"]
@@ -268,6 +283,8 @@ def _compile_and_measure(module: str, cfg: CompileConfig, arch: int) -> dict:
         problems.append(f"needs {row['global_scratch']} B of global scratch")
     if cfg.expect_tensor_cores and not row["tensor_core_instructions"]:
         problems.append("expected tensor-core instructions (mma/wgmma), found none in the PTX")
+    if row["expect_cp_async"] and not row["cp_async_instructions"]:
+        problems.append(f"expected cp.async (num_stages={cfg.num_stages}), found none in the PTX")
     row["ok"] = not problems
     return row
 
@@ -277,7 +294,7 @@ def _worker(modules: Sequence[str], archs: Sequence[int], shard: int, nshards: i
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ["RNNLM_KERNELS_COMPILE_ONLY"] = "1"
     status: dict[str, str] = {}
-    jobs: list[tuple[int, str, int, CompileConfig, int]] = []
+    jobs: list[tuple[int, str, int, Any, int]] = []
     for mi, name in enumerate(modules):
         try:
             mod = importlib.import_module(name)
@@ -427,6 +444,11 @@ def _short_instr(instrs: dict[str, int]) -> str:
     return "; ".join(parts)
 
 
+def _cp_async_cell(row: dict) -> str:
+    n = sum(row.get("cp_async_instructions", {}).values())
+    return (f"×{n}" if n else "—") + (" (expected)" if row.get("expect_cp_async") else "")
+
+
 def markdown_table(report: dict) -> str:
     """The per-configuration table (markdown), with a line per module that was skipped or failed."""
     lines = [f"- `{module}`: {st}" for module, st in report.get("modules", {}).items()]
@@ -434,13 +456,13 @@ def markdown_table(report: dict) -> str:
         lines.append("")
     lines += [
         "| kernel | config | arch | warps/stages | registers | stack | local/spills | shared (limit) "
-        "| tensor-core instructions | expected | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tensor-core instructions | expected | cp.async | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.get("rows", []):
         if not r.get("compiled"):
             lines.append(f"| {r['kernel']} | {r['config']} | {r['arch']} | {r['num_warps']}/{r['num_stages']} "
-                         f"| – | – | – | – | – | {'mma/wgmma' if r['expect_tensor_cores'] else '—'} "
+                         f"| – | – | – | – | – | {'mma/wgmma' if r['expect_tensor_cores'] else '—'} | – "
                          f"| **no**: {'; '.join(r['problems'])} |")
             continue
         spills = f"{r['local_bytes']} B / {r['spill_stores'] if r['spill_stores'] is not None else '?'} B"
@@ -449,9 +471,9 @@ def markdown_table(report: dict) -> str:
             f"| {r['kernel']} | {r['config']} | {r['arch']} | {r['num_warps']}/{r['num_stages']} | {r['registers']} "
             f"| {r['stack_bytes']} B | {spills} | {_fmt_bytes(r['shared_bytes'])} ({_fmt_bytes(r['shared_limit'])}) "
             f"| {_short_instr(r['tensor_core_instructions'])} | {'mma/wgmma' if r['expect_tensor_cores'] else '—'} "
-            f"| {ok} |")
+            f"| {_cp_async_cell(r)} | {ok} |")
     if not report.get("rows"):
-        lines.append("| (no kernel configurations) | | | | | | | | | | |")
+        lines.append("| (no kernel configurations) | | | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -465,7 +487,9 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
         f"# Compile report (triton {report['triton']}, {', '.join(f'sm_{a}' for a in report['archs'])})\n\n"
         f"Generated {report['generated']}. Registers/stack/local from `cuobjdump --dump-resource-usage`, spill "
         f"stores from `ptxas -v`, shared = triton's dynamic + static shared memory, against the most one block "
-        f"can use. Pointers compiled as 16-byte aligned.\n\n" + markdown_table(report) + "\n")
+        f"can use, cp.async = asynchronous global->shared copies in the PTX. Each configuration is specialised as "
+        f"Triton specialises its representative launch (the config name gives the sizes).\n\n"
+        + markdown_table(report) + "\n")
     return jpath, mpath
 
 

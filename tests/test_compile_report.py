@@ -1,9 +1,11 @@
 """The compile report: every kernel configuration builds for sm_80 and sm_90 without spills, within shared
-memory, and with tensor-core instructions where the configuration expects them (issue 3, Proof 3).
+memory, with tensor-core instructions where the configuration expects them and cp.async where it is pipelined
+(issues 3 and 10), each specialised as Triton specialises the launch it stands for.
 
-The machinery is tested on tiny kernels defined here (a tf32 tl.dot that must emit mma/wgmma, an ieee one,
-and one that spills on purpose); the real kernels are compiled once per session, and every kernel module
-that exists on disk must pass. A module that does not exist yet is skipped with a reason naming it.
+The machinery is tested on tiny kernels defined here (a tf32 tl.dot that must emit mma/wgmma, an ieee one, a
+pipelined loop that must emit cp.async, and one that spills on purpose); the specialization rule is checked against
+the installed Triton's own; the real kernels are compiled once per session, and every kernel module that exists on
+disk must pass. A module that does not exist yet is skipped with a reason naming it.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
+from kernels import _utils
 from kernels import compile_report as cr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,9 +46,24 @@ def spill_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
     tl.store(y_ptr + offs, x / m[:, None] + tl.exp(x))
 
 
+@triton.jit
+def loop_dot_kernel(a_ptr, b_ptr, c_ptr, K, BLOCK: tl.constexpr):
+    # (16, K) @ (K, BLOCK) in BLOCK-wide K tiles: the loop whose loads the pipeliner turns into cp.async
+    rm = tl.arange(0, 16)
+    rn = tl.arange(0, BLOCK)
+    acc = tl.zeros((16, BLOCK), tl.float32)
+    for k0 in range(0, K, BLOCK):
+        a = tl.load(a_ptr + rm[:, None] * K + k0 + rn[None, :])
+        b = tl.load(b_ptr + (k0 + rn[:, None]) * BLOCK + rn[None, :])
+        acc = tl.dot(a, b, acc)
+    tl.store(c_ptr + rm[:, None] * BLOCK + rn[None, :], acc)
+
+
 def gpu_compile_configs():
     from kernels.compile_report import CompileConfig
     sig = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "stride": "i32"}
+    loop_sig = {"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp32", "K": "i32"}
+    aligned = {"a_ptr": [["tt.divisibility", 16]], "b_ptr": [["tt.divisibility", 16]], "K": [["tt.divisibility", 16]]}
     return [
         CompileConfig("dot_tf32", dot_kernel, sig, {"BLOCK": 64, "PRECISION": "tf32"}, True),
         CompileConfig("dot_ieee", dot_kernel, sig, {"BLOCK": 32, "PRECISION": "ieee"}, False),
@@ -52,15 +71,75 @@ def gpu_compile_configs():
         CompileConfig("dot_ieee_claims_tc", dot_kernel, sig, {"BLOCK": 32, "PRECISION": "ieee"}, True),
         CompileConfig("spill", spill_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32"}, {"BLOCK": 128}, False,
                       num_warps=2),
+        CompileConfig("loop_pipelined", loop_dot_kernel, loop_sig, {"BLOCK": 64}, True, num_stages=3,
+                      attrs=aligned, expect_cp_async=True),
+        # one stage: nothing is prefetched, so a config that claims cp.async must be flagged
+        CompileConfig("loop_unpipelined", loop_dot_kernel, loop_sig, {"BLOCK": 64}, True, num_stages=1,
+                      attrs=aligned, expect_cp_async=True),
     ]
 '''
 
 
 def test_compile_config_is_plain_dataclass():
     cfg = cr.CompileConfig(name="x", fn=None, signature={"a": "*fp32"}, constexprs={}, expect_tensor_cores=False)
-    assert (cfg.num_warps, cfg.num_stages) == (4, 1)
+    assert (cfg.num_warps, cfg.num_stages, cfg.attrs, cfg.expect_cp_async, cfg.maxnreg) == (4, 1, {}, False, None)
     assert [f.name for f in __import__("dataclasses").fields(cfg)] == [
-        "name", "fn", "signature", "constexprs", "expect_tensor_cores", "num_warps", "num_stages"]
+        "name", "fn", "signature", "constexprs", "expect_tensor_cores", "num_warps", "num_stages", "attrs",
+        "expect_cp_async", "maxnreg"]
+    assert cr.CompileConfig is _utils.CompileConfig  # the report re-exports the ops' own class
+
+
+def test_cp_async_instruction_parser():
+    ptx = textwrap.dedent("""
+        cp.async.cg.shared.global [ %r1 + 0 ], [ %rd1 + 0 ], 0x10, %r2;
+        @%p3 cp.async.ca.shared.global [ %r3 + 0 ], [ %rd2 + 0 ], 0x4, 0x4;
+        cp.async.commit_group;
+        cp.async.wait_group 0x1;
+        ld.global.v4.b32 { %r4, %r5, %r6, %r7 }, [ %rd3 + 0 ];
+    """)
+    assert cr.cp_async_instructions(ptx) == {"cp.async.cg.shared.global": 1, "cp.async.ca.shared.global": 1}
+
+
+def _triton_specialize(value, specialize: bool, align: bool):
+    """The installed Triton's own specialization of a launch argument (native from 3.6 on, Python in 3.5)."""
+    from triton.backends.compiler import BaseBackend
+
+    try:
+        from triton._C.libtriton import native_specialize_impl
+    except ImportError:  # Triton 3.5
+        from triton.runtime.jit import create_specialize_impl
+
+        return create_specialize_impl(BaseBackend.get_arg_specialization)(value, False, specialize, align)
+    return native_specialize_impl(BaseBackend, value, False, specialize, align)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2, 16, 17, 64, 10_000, 10_001, -16, -17, 2**31 - 1, 2**31, 2**32 + 16,
+                                   2**63, 0.5, 1.0, True, False])
+@pytest.mark.parametrize("specialize,align", [(True, True), (False, True), (True, False)])
+def test_specialization_rule_is_tritons(value, specialize, align):
+    """kernels._utils.specialization (which the compile configurations use) gives what the installed Triton's
+    launcher gives for ints, floats and bools, and for tensors aligned to 16 bytes or not."""
+    ty, key = _utils.specialization(value, specialize, align)
+    t_ty, t_key = _triton_specialize(value, specialize, align)
+    def normal(t, k):  # Triton's "" and None both mean: no attribute
+        return t, k if t == "constexpr" else (k or None)
+
+    assert normal(ty, key) == normal(t_ty, t_key)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4])
+@pytest.mark.parametrize("specialize,align", [(True, True), (False, True), (True, False)])
+def test_specialization_rule_is_tritons_for_tensors(offset, specialize, align):
+    t = torch.empty(64, dtype=torch.float32)[offset:]
+    assert _utils.specialization(t, specialize, align)[0] == _triton_specialize(t, specialize, align)[0]
+    key, t_key = _utils.specialization(t, specialize, align)[1], _triton_specialize(t, specialize, align)[1]
+    assert (key or None) == (t_key or None)
+
+
+def test_ptxas_of_every_supported_triton():
+    """get_ptxas takes the architecture from Triton 3.6 on and nothing in 3.5; the report works with both."""
+    path = cr._ptxas_path(90)
+    assert Path(path).name.startswith("ptxas") and Path(path).is_file()
 
 
 def test_tensor_core_instruction_parser():
@@ -93,9 +172,9 @@ def test_machinery_on_tiny_kernels(tmp_path, monkeypatch):
     report = cr.compile_report((80, 90), modules, jobs=2)
     assert not report["cached"]
     assert report["modules"]["tiny_cr_not_there"].startswith("missing")
-    assert report["modules"]["tiny_cr_kernels"].startswith("ok (4 configurations)")
+    assert report["modules"]["tiny_cr_kernels"].startswith("ok (6 configurations)")
     rows = {(r["config"], r["arch"]): r for r in report["rows"]}
-    assert len(rows) == 8 and [r["arch"] for r in report["rows"][:2]] == ["sm_80", "sm_90"]
+    assert len(rows) == 12 and [r["arch"] for r in report["rows"][:2]] == ["sm_80", "sm_90"]
 
     for arch in ("sm_80", "sm_90"):
         tf32 = rows[("dot_tf32", arch)]
@@ -114,16 +193,24 @@ def test_machinery_on_tiny_kernels(tmp_path, monkeypatch):
         assert spill["compiled"] and not spill["ok"]
         assert spill["spill_stores"] > 0 and any("spill" in p for p in spill["problems"])
 
+        piped = rows[("loop_pipelined", arch)]
+        assert piped["ok"], piped["problems"]
+        assert any(i.startswith("cp.async") for i in piped["cp_async_instructions"])
+        assert piped["divisible_by_16"] == ["K", "a_ptr", "b_ptr"]
+        flat = rows[("loop_unpipelined", arch)]
+        assert not flat["ok"] and any("cp.async" in p for p in flat["problems"])
+
     out = tmp_path / "out"
     cr.write_report(report, out)
     data = json.loads((out / "compile_report.json").read_text())
-    assert len(data["rows"]) == 8
+    assert len(data["rows"]) == 12
     md = (out / "compile_report.md").read_text()
     assert "tiny_cr_not_there" in md and "| dot_kernel | dot_tf32 | sm_90 |" in md and "wgmma" in md
+    assert "(expected)" in md  # the cp.async column
 
     again = cr.compile_report((90,), modules)  # from the cache: no compilation
     assert again["cached"] and [r["config"] for r in again["rows"]] == [
-        "dot_tf32", "dot_ieee", "dot_ieee_claims_tc", "spill"]
+        "dot_tf32", "dot_ieee", "dot_ieee_claims_tc", "spill", "loop_pipelined", "loop_unpipelined"]
 
 
 # ---------------------------------------------------------------------------------------------- real kernels
@@ -159,3 +246,18 @@ def test_every_configuration_compiles_cleanly(module, real_report):
         assert r["shared_bytes"] <= r["shared_limit"]
         if r["expect_tensor_cores"]:
             assert r["tensor_core_instructions"], f"{r['config']} {r['arch']}: no mma/wgmma"
+        if r["expect_cp_async"]:
+            assert r["cp_async_instructions"], f"{r['config']} {r['arch']}: no cp.async"
+
+
+@pytest.mark.slow
+def test_tiled_recurrence_kernels_are_pipelined(real_report):
+    """Issue 10's proof: the tiled recurrence kernels (and the step kernel), at the num_stages they are launched
+    with, show cp.async, no spills, and shared memory within sm_80's and sm_90's limits."""
+    rows = [r for r in real_report["rows"] if r["module"] == "kernels.rnn"
+            and r["kernel"] in ("_rnn_fwd_tiled_kernel", "_rnn_bwd_tiled_kernel", "_rnn_step_kernel")]
+    assert {r["arch"] for r in rows} == {"sm_80", "sm_90"} and len(rows) >= 40
+    for r in rows:
+        assert r["num_stages"] > 1 and r["expect_cp_async"], r["config"]
+        assert sum(r["cp_async_instructions"].values()) > 0, r["config"]
+        assert r["spill_stores"] == 0 and r["local_bytes"] == 0 and r["shared_bytes"] <= cr.SHARED_LIMIT[r["cc"]]
