@@ -1,13 +1,19 @@
 """Shared set-up for `pytest benchmarks`: shapes, the backend x shape parametrization, and one timing helper.
 
-Every benchmark calls `run_bench(...)`, which keeps warm-up (and Triton compilation) outside the timing,
-synchronizes CUDA inside the timed function, and records the same `extra_info` keys for `rnnlm.report`:
+Every benchmark calls `run_bench(...)`, which keeps warm-up (Triton's compilation, cuDNN's algorithm selection)
+outside the timing and records the same `extra_info` keys for `rnnlm.report`:
 
     backend, shape, batch_size, seq_len, embed_size, hidden_size, num_layers, vocab_size,
-    tokens_per_round, tokens_per_s, [tflops_per_s], [gb_per_s], precision,
-    device, torch, triton, triton_interpreted, threads
+    tokens_per_round, tokens_per_s, [tflops_per_s], [gb_per_s], precision, [cudnn_algorithm],
+    device, torch, triton, triton_interpreted, threads, timer
 
+On CUDA each round is timed with CUDA events after an untimed L2 flush (benchmarks/cuda_bench.py: the standard
+method, as triton.testing.do_bench), and pytest-benchmark's statistics are over those event times; on the CPU it is
+the wall clock. `precision` is the arithmetic that really ran (cuda_bench.precision_label: TF32 where torch's flags
+allow it), `cudnn_algorithm` the algorithm ATen picks for nn.RNN at that shape (recurrence benchmarks).
 Rates are computed from the median round (the machine is shared and noisy; the median ignores stragglers).
+`make bench` saves every run (pytest-benchmark's --benchmark-autosave, in .benchmarks/) and `make bench-compare`
+compares the last two, so that a regression shows.
 The data-pipeline rows do not depend on the backend: their backend is "n/a" and they carry no precision.
 
 On a machine without a GPU the Triton kernels run in Triton's interpreter, which costs a fixed amount per
@@ -31,6 +37,8 @@ import torch
 
 import kernels  # noqa: F401  (settles TRITON_INTERPRET before anything imports triton)
 from kernels import runtime_description
+
+import cuda_bench  # benchmarks/cuda_bench.py (this folder is on sys.path under pytest)
 
 BACKENDS = ("cudnn", "triton")
 
@@ -85,13 +93,22 @@ INTERPRETED_SHAPES = tuple(
 # Timed rounds per shape: small on a CPU so that the whole suite stays under 5 minutes on 2 cores.
 ROUNDS_CPU = {"small": 5, "default": 3, "large": 2, "b16": 3, "b256": 2, "h128": 3, "h1024": 2}
 ROUNDS_CUDA = {"small": 50, "default": 30, "large": 10, "b16": 30, "b256": 20, "h128": 30, "h1024": 20}
+WARMUP_CUDA = 3  # untimed calls before the rounds: compilation, cuDNN's algorithm selection, the allocator
 
 
 def precision_label(backend: str) -> str:
-    """The arithmetic the fp32 benchmarks actually run: TF32 on CUDA when cuDNN/Triton may use it."""
-    if DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "fp32"
+    """The arithmetic the fp32 benchmarks actually run (cuda_bench.precision_label on this device)."""
+    return cuda_bench.precision_label(backend, DEVICE)
+
+
+def cudnn_algorithm(shape: "Shape", *, backward: bool, dtype: torch.dtype = torch.float32) -> str:
+    """The cuDNN algorithm nn.RNN gets at this shape on this GPU ("n/a (cpu)" without one)."""
+    if DEVICE.type != "cuda":
+        return "n/a (cpu)"
+    return cuda_bench.cudnn_algorithm_label(
+        backward=backward, hidden_size=shape.hidden_size, input_size=shape.embed_size, batch_size=shape.batch_size,
+        seq_len=shape.seq_len, num_layers=shape.num_layers, bidirectional=False, dtype=dtype,
+        **cuda_bench.device_facts(DEVICE))
 
 
 def sync() -> None:
@@ -135,24 +152,36 @@ def default_rounds(shape_name: str, backend: str) -> int:
 def run_bench(benchmark):
     """run_bench(fn, backend=, shape=, tokens=, ...) times fn() with pytest-benchmark and fills extra_info.
 
-    - warmup: untimed calls first (compilation, caches, allocator); default 1.
+    - warmup: untimed calls first (compilation, caches, allocator); default 1 (WARMUP_CUDA on CUDA).
     - setup: optional untimed callable run before each round (e.g. a fresh cache folder); fn then gets
       setup's return value as its only argument.
     - tokens: tokens processed per call (rate key tokens_per_s); flops -> tflops_per_s; nbytes -> gb_per_s.
+    - flush_l2: on CUDA, flush the L2 cache before each round (default True; see benchmarks/cuda_bench.py).
     """
 
     def run(fn: Callable, *, backend: str, shape: Shape | str | dict, tokens: int, rounds: int | None = None,
-            warmup: int = 1, setup: Callable | None = None, flops: float | None = None,
-            nbytes: float | None = None, precision: str | None = None, **extra: Any):
+            warmup: int | None = None, setup: Callable | None = None, flops: float | None = None,
+            nbytes: float | None = None, precision: str | None = None, flush_l2: bool = True, **extra: Any):
         shape_info = shape.info() if isinstance(shape, Shape) else (
             dict(shape) if isinstance(shape, dict) else {"shape": shape})
         name = shape_info["shape"]
         rounds = rounds or default_rounds(name, backend)
+        if warmup is None:
+            warmup = WARMUP_CUDA if DEVICE.type == "cuda" else 1
 
-        def timed(*args):
-            out = fn(*args)
-            sync()  # CUDA work counts toward the round that queued it
-            return out
+        if DEVICE.type == "cuda":
+            # pytest-benchmark's statistics over CUDA-event times: its timer is a clock advanced by each round's
+            # event time (pytest-benchmark keeps the timer in the fixture's _timer, read at every round)
+            if not hasattr(benchmark, "_timer"):
+                raise RuntimeError("this pytest-benchmark has no BenchmarkFixture._timer: cannot time with CUDA events")
+            clock = cuda_bench.EventClock(DEVICE, flush_l2)
+            benchmark._timer = clock.now
+
+            def timed(*args):
+                return clock.time(fn, *args)
+        else:
+            def timed(*args):
+                return fn(*args)
 
         if setup is None:
             for _ in range(warmup):
@@ -173,7 +202,9 @@ def run_bench(benchmark):
         info.update(device=RUNTIME["device"],
                     torch=RUNTIME["torch"], triton=RUNTIME["triton"],
                     triton_interpreted=INTERPRETED if backend == "triton" else False,
-                    threads=torch.get_num_threads(), tokens_per_round=tokens)
+                    threads=torch.get_num_threads(), tokens_per_round=tokens,
+                    timer=("cuda events" + (", L2 flushed" if flush_l2 else "")) if DEVICE.type == "cuda"
+                    else "wall clock")
         info.update(extra)
         seconds = _median_seconds(benchmark)
         if seconds:
@@ -260,4 +291,5 @@ def tools():
 
     return SimpleNamespace(device=DEVICE, shapes=SHAPES, interpreted=INTERPRETED, sync=sync,
                            import_op=import_op, rnn_flops=rnn_flops, corpus_file=corpus_file,
-                           skip_unless_runnable=skip_unless_runnable, precision_label=precision_label)
+                           skip_unless_runnable=skip_unless_runnable, precision_label=precision_label,
+                           cudnn_algorithm=cudnn_algorithm)

@@ -55,7 +55,8 @@ def test_recurrence_forward(run_bench, model_case, tools):
             return f(rnn, x, h0)
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens,
-              flops=tools.rnn_flops(shape, backward=False))
+              flops=tools.rnn_flops(shape, backward=False),
+              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=False))
 
 
 @pytest.mark.benchmark(group="recurrence forward+backward")
@@ -72,7 +73,8 @@ def test_recurrence_forward_backward(run_bench, model_case, tools):
         return torch.autograd.grad((out, h_n), inputs, (g_out, g_h))
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens,
-              flops=tools.rnn_flops(shape, backward=True))
+              flops=tools.rnn_flops(shape, backward=True),
+              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=True))
 
 
 @pytest.mark.benchmark(group="softmax")
@@ -89,7 +91,7 @@ def test_softmax(run_bench, model_case, tools):
             return softmax(logits, TEMPERATURE)
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens, nbytes=2 * logits.numel() * 4,
-              op="softmax(logits / temperature)")
+              op="softmax(logits / temperature)", precision="fp32")
 
 
 @pytest.mark.benchmark(group="sampling")
@@ -109,7 +111,7 @@ def test_sampling(run_bench, model_case, tools):
             return sample(logits, TEMPERATURE, 0)
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens, nbytes=logits.numel() * 4,
-              op="multinomial(softmax(logits / temperature))")
+              op="multinomial(softmax(logits / temperature))", precision="fp32")
 
 
 @pytest.mark.benchmark(group="cross-entropy forward+backward")
@@ -126,4 +128,4 @@ def test_cross_entropy(run_bench, model_case, tools):
 
     # reads the logits twice (forward, backward) and writes the gradient once
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens, nbytes=3 * logits.numel() * 4,
-              op="cross_entropy(logits, targets) + backward")
+              op="cross_entropy(logits, targets) + backward", precision="fp32")
