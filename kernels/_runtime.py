@@ -34,12 +34,36 @@ _announced = False
 
 
 def announce_interpreter_once() -> None:
-    """Called by every launcher: in the interpreter, logs that once per process and limits OpenBLAS."""
+    """Called by every launcher: in the interpreter, logs that once per process, warns about a Triton/NumPy pair
+    that cannot work (interpreter_incompatibility) and limits OpenBLAS."""
     global _announced
     if INTERPRETED and not _announced:
         _announced = True
         log.info("triton: no CUDA device, kernels run in Triton's interpreter (TRITON_INTERPRET=1)")
+        problem = interpreter_incompatibility()
+        if problem:
+            log.warning(problem)
         limit_interpreter_blas_threads()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+def interpreter_incompatibility(triton_version: str | None = None, numpy_version: str | None = None) -> str | None:
+    """Triton 3.5 and 3.6's interpreter turns a loop bound into a Python int with int() of a one-element 1-D numpy
+    array, which NumPy 2.4 refuses (deprecated since 1.25): every kernel with a runtime loop bound then fails with
+    "only 0-dimensional arrays can be converted to Python scalars" (Triton 3.9's interpreter squeezes the array
+    first; both checked by running the kernel tests). Returns the warning to give, or None."""
+    import numpy
+    import triton
+
+    tv, nv = _version(triton_version or triton.__version__), _version(numpy_version or numpy.__version__)
+    if tv < (3, 9) and nv >= (2, 4):
+        return (f"Triton {triton_version or triton.__version__}'s interpreter cannot run rnnlm's kernels with NumPy "
+                f"{numpy_version or numpy.__version__} (int() of one-element arrays, refused since NumPy 2.4): "
+                f"install triton>=3.9 or numpy<2.4")
+    return None
 
 
 def limit_interpreter_blas_threads() -> None:

@@ -386,6 +386,21 @@ def _rnn_bwd_tiled_kernel(
                  mask=row_ok[:, None] & col_ok[None, :])
 
 
+@device_function
+def _add_row_products(acc, a_rows, stride_a, w_rows, stride_w, K, row_ok, col_ok, rb, rn, rk,
+                      PRECISION: tl.constexpr, EMULATE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + A[rows, :K] @ W[cols, :K]^T over K in BLOCK_K tiles (the loop Triton pipelines): a_rows points at the
+    first row of A (row stride stride_a), w_rows at the first of the program's BLOCK_N rows of W (stride_w)."""
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = rk < K - k0
+        a = tl.load(a_rows + k0 + rb[:, None] * stride_a + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        wt = tl.load(w_rows + k0 + rn[None, :] * stride_w + rk[:, None], mask=k_ok[:, None] & col_ok[None, :],
+                     other=0.0)
+        acc = _mm(a, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+    return acc
+
+
 @triton.jit
 def _rnn_step_kernel(
     x_ptr,  # (B, I) the layer's input, unit stride on I
@@ -411,22 +426,10 @@ def _rnn_step_kernel(
     if HAS_BIAS:
         b = tl.load(b_ih_ptr + n0 + rn, mask=col_ok, other=0.0) + tl.load(b_hh_ptr + n0 + rn, mask=col_ok, other=0.0)
         acc += b[None, :]
-    x_rows = x_ptr + row0 * stride_xb
-    h_rows = h_ptr + row0 * stride_hb
-    for k0 in range(0, I, BLOCK_K):  # x W_ih^T, pipelined
-        k_ok = rk < I - k0
-        x = tl.load(x_rows + k0 + rb[:, None] * stride_xb + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        wt = tl.load(w_ih_ptr + (n0 * stride_wih + k0) + rn[None, :] * stride_wih + rk[:, None],
-                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = _mm(x, _operand(wt, IN_PRECISION, EMULATE), acc, IN_PRECISION, EMULATE)
-    for k0 in range(0, H, BLOCK_K):  # h W_hh^T, pipelined
-        k_ok = rk < H - k0
-        h = tl.load(h_rows + k0 + rb[:, None] * stride_hb + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        wt = tl.load(w_hh_ptr + (n0 * stride_whh + k0) + rn[None, :] * stride_whh + rk[:, None],
-                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = _mm(h, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+    acc = _add_row_products(acc, x_ptr + row0 * stride_xb, stride_xb, w_ih_ptr + n0 * stride_wih, stride_wih, I,
+                            row_ok, col_ok, rb, rn, rk, IN_PRECISION, EMULATE, BLOCK_K)  # x W_ih^T
+    acc = _add_row_products(acc, h_ptr + row0 * stride_hb, stride_hb, w_hh_ptr + n0 * stride_whh, stride_whh, H,
+                            row_ok, col_ok, rb, rn, rk, PRECISION, EMULATE, BLOCK_K)  # h W_hh^T
     tl.store(out_ptr + row0 * stride_ob + n0 + rb[:, None] * stride_ob + rn[None, :], activation(acc, NONLINEARITY),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -484,7 +487,7 @@ def _pick_config(batch: int, hidden: int, precision: str, device: torch.device) 
     return _gpu_config(h_pad <= _GPU_RESIDENT_MAX_H, precision)
 
 
-def _gpu_step_config(precision: str) -> LaunchConfig:
+def _gpu_step_config() -> LaunchConfig:
     return LaunchConfig(resident=False, **_GPU_STEP, num_stages=_GPU_STAGES)
 
 
@@ -494,7 +497,7 @@ def _step_config(batch: int, in_size: int, hidden: int, precision: str, device: 
         # one program: the whole (padded) H and the whole of the longer of I and H per tile
         return LaunchConfig(resident=False, block_b=min(128, max(16, next_pow2(batch))),
                             block_n=max(16, next_pow2(hidden)), block_k=max(16, next_pow2(max(in_size, hidden))))
-    return _gpu_step_config(precision)
+    return _gpu_step_config()
 
 
 def _emulate(precision: str, t: torch.Tensor) -> bool:
@@ -1025,5 +1028,5 @@ def gpu_compile_configs() -> list[CompileConfig]:
                 in_precision = "ieee" if precision == "tf32" else precision  # torch's matmul default: no TF32
                 add(f"rnn_step_{ty}_{nonlin}_{precision}_B{batch}_I{I}_H{H}",
                     _step_launch(x, h, w_ih, w_hh, b, b, o, nonlin, precision, in_precision,
-                                 _gpu_step_config(precision)), precision)
+                                 _gpu_step_config()), precision)
     return out

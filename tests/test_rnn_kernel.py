@@ -593,3 +593,11 @@ def test_sequence_length_and_direction_are_not_specialised():
     assert len(keys) == 1
 
 
+
+
+def test_interpreter_incompatibility_is_named():
+    """Triton < 3.9 with NumPy >= 2.4 cannot run interpreted kernels: the first launch says so, naming both."""
+    problem = _runtime.interpreter_incompatibility("3.6.0", "2.4.6")
+    assert problem and "3.6.0" in problem and "2.4.6" in problem and "triton>=3.9" in problem
+    assert _runtime.interpreter_incompatibility("3.5.0", "2.2.6") is None
+    assert _runtime.interpreter_incompatibility("3.9.0", "2.4.6") is None

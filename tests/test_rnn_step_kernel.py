@@ -50,7 +50,7 @@ def tiling(request, monkeypatch):
     """The device's own tiling, and the GPU's (16 hidden units per program, 64-wide K tiles), which the interpreter
     then runs too: with H = 70 five programs, the last partial, and two K tiles over H."""
     if request.param == "gpu_tiles":
-        monkeypatch.setattr(K, "_step_config", lambda *args: K._gpu_step_config(args[3]))
+        monkeypatch.setattr(K, "_step_config", lambda *args: K._gpu_step_config())
     return request.param
 
 
