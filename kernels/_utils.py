@@ -1,7 +1,8 @@
 """What rnnlm's ops share: tiles, argument checks, allocation, launches, compile configurations, device checks.
 
 Every op module (rnn, softmax, sample, cross_entropy) imports only this module and kernels._common; none
-imports another op, and none imports kernels.compile_report (the report imports the ops).
+imports another op, and none imports kernels.compile_report (the report imports the ops). (The package's
+__init__ runs kernels._runtime before any of them, so TRITON_INTERPRET is settled before triton is imported.)
 
 Launches. An op describes each kernel launch as a `Launch` (kernel, grid, arguments in the kernel's order,
 constexprs, warps, stages), built by one function from the tensors it will run on. Calling the Launch runs it on

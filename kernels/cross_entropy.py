@@ -34,7 +34,6 @@ import numbers
 
 import torch
 
-from kernels import _runtime  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
 from kernels._utils import (FLOAT_DTYPES, MAX, ROW_SHAPES, SUM, TL_NAME, DeviceChecks, Launch, check_device,
                             check_logits, empty, interpreted, meta_tensor, row_stride, row_tiles)
 

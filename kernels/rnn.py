@@ -124,8 +124,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import _runtime
-
 import triton
 import triton.language as tl
 

@@ -29,7 +29,6 @@ import numbers
 
 import torch
 
-from kernels import _runtime  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
 from kernels._utils import (ARGMAX, FLOAT_DTYPES, MAX, ROW_SHAPES, SUM, TL_NAME, DeviceChecks, Launch, as_rows,
                             check_logits, check_temperature, empty, meta_tensor, row_stride, row_tiles)
 
