@@ -504,6 +504,17 @@ def _emulate(precision: str, t: torch.Tensor) -> bool:
     return precision in _LOW_PRECISION_DTYPE and interpreted(t)
 
 
+def _batch_tiled_launch(resident_fn, tiled_fn, batch: int, args: dict, constexprs: dict,
+                        cfg: LaunchConfig) -> Launch:
+    """The recurrence's launch: cfg's kernel and tile constants, one program per BLOCK_B rows of the batch."""
+    if cfg.resident:
+        fn, tiles = resident_fn, dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h)
+    else:
+        fn, tiles = tiled_fn, dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    return Launch(fn, (triton.cdiv(batch, cfg.block_b),), args, {**constexprs, **tiles}, cfg.num_warps,
+                  cfg.num_stages)
+
+
 def _forward_launch(xp, w_hh, hs, hT, reverse: bool, nonlinearity: str, precision: str,
                     cfg: LaunchConfig) -> Launch:
     T, B, H = xp.shape
@@ -511,13 +522,8 @@ def _forward_launch(xp, w_hh, hs, hT, reverse: bool, nonlinearity: str, precisio
                 stride_xb=xp.stride(1), stride_wn=w_hh.stride(0), stride_ht=hs.stride(0), stride_hb=hs.stride(1),
                 stride_hTb=hT.stride(0), REVERSE=int(reverse))
     constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                      EMULATE=_emulate(precision, xp), BLOCK_B=cfg.block_b)
-    if cfg.resident:
-        fn, constexprs["BLOCK_H"] = _rnn_fwd_resident_kernel, cfg.block_h
-    else:
-        fn = _rnn_fwd_tiled_kernel
-        constexprs.update(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    return Launch(fn, (triton.cdiv(B, cfg.block_b),), args, constexprs, cfg.num_warps, cfg.num_stages)
+                      EMULATE=_emulate(precision, xp))
+    return _batch_tiled_launch(_rnn_fwd_resident_kernel, _rnn_fwd_tiled_kernel, B, args, constexprs, cfg)
 
 
 def _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse: bool, nonlinearity: str, precision: str,
@@ -530,13 +536,8 @@ def _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse: bool, nonlinearity: st
                 stride_ht=hs.stride(0), stride_hb=hs.stride(1), stride_wn=w_hh.stride(0), stride_dat=da.stride(0),
                 stride_dab=da.stride(1), stride_dh0b=dh0.stride(0), REVERSE=int(reverse))
     constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                      EMULATE=_emulate(precision, da), HAS_DY=dy is not None, HAS_DHT=dhT is not None, BLOCK_B=cfg.block_b)
-    if cfg.resident:
-        fn, constexprs["BLOCK_H"] = _rnn_bwd_resident_kernel, cfg.block_h
-    else:
-        fn = _rnn_bwd_tiled_kernel
-        constexprs.update(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    return Launch(fn, (triton.cdiv(B, cfg.block_b),), args, constexprs, cfg.num_warps, cfg.num_stages)
+                      EMULATE=_emulate(precision, da), HAS_DY=dy is not None, HAS_DHT=dhT is not None)
+    return _batch_tiled_launch(_rnn_bwd_resident_kernel, _rnn_bwd_tiled_kernel, B, args, constexprs, cfg)
 
 
 def _step_launch(x, h, w_ih, w_hh, b_ih, b_hh, out, nonlinearity: str, precision: str, in_precision: str,
