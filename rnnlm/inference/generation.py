@@ -1,0 +1,88 @@
+"""Text generation: prime the model on the prompt, then draw word by word on the device, for N samples at once.
+
+The prompt is read in one forward pass (in chunks for very long prompts, carrying the state); the prompt's last
+word is never fed twice. The first word is drawn from the prompt's logits; after that each step feeds the words
+just drawn and draws the next ones. The backend's decoder (rnnlm.backends) does the step and the draw.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+
+from rnnlm.checks import positive_int
+from rnnlm.data import TokenizerSettings, Vocab, tokenize_text
+from rnnlm.errors import UsageError
+from rnnlm.inference.precision import choose_output_precision
+from rnnlm.inference.sampling import Sampling
+from rnnlm.inference.stepper import prime
+from rnnlm.model import WordRNN
+
+log = logging.getLogger("rnnlm.generate")
+
+EMPTY_PROMPT = "the prompt is empty (no words after tokenization); give a {prompt} of at least one word"
+
+
+def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temperature: float = 1.0,
+                 greedy: bool = False, top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
+                 seed: int | None = None, output_precision: str = "auto") -> torch.Tensor:
+    """(num_samples, length) int64 word ids drawn after `prompt_ids` (a non-empty list of vocabulary ids).
+
+    temperature 0 or greedy=True takes the argmax (ties to the lowest id). The same seed gives the same ids on the
+    same device and backend. The model runs in eval mode under torch.inference_mode; its training flag is restored.
+    output_precision (torch backend): which copy of the output layer a step reads, see rnnlm.inference.precision.
+    """
+    if len(prompt_ids) == 0:
+        raise UsageError(EMPTY_PROMPT, params=("prompt",))
+    sampling = Sampling(temperature, greedy, top_k, top_p)
+    positive_int("length", length)
+    positive_int("num_samples", num_samples)
+    device = model.fc.weight.device
+    precision = choose_output_precision(output_precision, sampling, device=device, num_samples=num_samples,
+                                        output_weights=model.fc.weight.numel())
+    vocab_size = model.config.vocab_size
+    bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
+    if bad:
+        raise ValueError(f"prompt_ids must lie in [0, {vocab_size}), got {bad[:5]}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            logits, hidden = prime(model, prompt_ids, device)
+            logits = logits.expand(num_samples, -1).contiguous()
+            hidden = hidden.expand(-1, num_samples, -1).contiguous()
+            decoder = model.backend.decoder(model, hidden, sampling, precision, seed, length)
+            out = torch.empty(length, num_samples, 1, dtype=torch.int64, device=device)  # out[t]: step t's words
+            rows = out.unbind(0)  # views made once, not per step
+            decoder.first(logits, rows[0])
+            for t in range(1, length):
+                decoder.next(rows[t - 1].view(-1), t, rows[t])
+            return out.view(length, num_samples).t().contiguous()
+    finally:
+        model.train(was_training)
+
+
+def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: str, length: int, *,
+             temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
+             num_samples: int = 1, seed: int | None = None, output_precision: str = "auto",
+             warn: Callable[[str], None] | None = None) -> list[str]:
+    """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
+
+    prompt is tokenized with `settings` and encoded with `vocab` (unknown words become <unk>; `warn(message)` is
+    called when no word of the prompt is in the vocabulary). UsageError for an empty prompt or meaningless
+    sampling settings.
+    """
+    words = tokenize_text(prompt, settings)
+    if not words:
+        raise UsageError(EMPTY_PROMPT, params=("prompt",))
+    ids = vocab.encode(words)
+    if all(i == vocab.unk_id for i in ids):
+        message = (f"no word of the prompt {prompt!r} is in the vocabulary: the model starts from <unk> "
+                   f"(which it saw for every rare word in training)")
+        (warn or log.warning)(message)
+    generated = generate_ids(model, ids, length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p,
+                             num_samples=num_samples, seed=seed, output_precision=output_precision)
+    return [prompt + vocab.decode(row) for row in generated.tolist()]
