@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
 from rnnlm.checks import one_of
 from rnnlm.errors import UsageError
 from rnnlm.inference.sampling import Sampling, draw, filter_logits
@@ -113,8 +114,6 @@ class TritonBackend:
         self._rnn, self._cross_entropy, self._sample = rnn, cross_entropy, sample
 
     def describe(self, device: torch.device) -> str:
-        import kernels
-
         where = "in Triton's interpreter on the CPU" if kernels.INTERPRETED else "on CUDA"
         return f"triton (rnnlm's kernels {where})"
 
