@@ -26,7 +26,7 @@ name rnnlm used before; old checkpoints and commands carry it).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn as nn
@@ -68,16 +68,39 @@ def resolve_backend(name: str | None, device: str | torch.device | None = None) 
     return chosen
 
 
-def get_backend(name: str) -> TorchBackend | TritonBackend:
+def get_backend(name: str) -> Backend:
     """A backend object by name (aliases accepted)."""
     return TritonBackend() if canonical_name(name) == "triton" else TorchBackend()
 
 
-class TorchBackend:
+class Backend(Protocol):
+    """What each backend provides. Shapes: B batch, T time, E embed, H hidden, L layers, V vocabulary, N samples."""
+
+    name: str
+
+    def describe(self, device: torch.device) -> str:
+        """Which library runs the model on `device`, for the user (e.g. "torch (nn.RNN on ATen, CPU)")."""
+
+    def recurrence(self, rnn: nn.RNN, emb: torch.Tensor, hidden: torch.Tensor | None):
+        """The recurrence on rnn's weights: emb (B, T, E), hidden (L, B, H) or None -> (out (B, T, H), h_n)."""
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Cross-entropy of logits (N, V) fp32 against targets (N,): "mean" or "sum" (evaluation's exact sums)."""
+
+    def training_loss(self, model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None,
+                      compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy, new hidden) for a training step, differentiable; the value of model.loss."""
+
+    def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
+                length: int):
+        """Generation's step and draw for N samples from the primed state hidden (L, N, H): an object with
+        first(logits (N, V), out (N, 1)) and next(tokens (N,), t, out (N, 1)), each writing the words drawn."""
+
+
+class TorchBackend(Backend):
     name = "torch"
 
     def describe(self, device: torch.device) -> str:
-        """Which library runs the recurrence on `device`."""
         if device.type == "cuda" and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
             return "torch (nn.RNN on cuDNN)"
         return f"torch (nn.RNN on ATen, {device.type.upper()})"
@@ -100,7 +123,7 @@ class TorchBackend:
         return _TorchDecoder(model, hidden, sampling, output_precision, seed, length)
 
 
-class TritonBackend:
+class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rnnlm.backends import TorchBackend, TritonBackend, get_backend
+from rnnlm.backends import Backend, get_backend
 from rnnlm.checks import one_of, positive_int
 from rnnlm.errors import UsageError
 
@@ -98,10 +98,10 @@ class WordRNN(nn.Module):
         self.fc = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.fc.weight = self.embedding.weight
-        self._backend: TorchBackend | TritonBackend = get_backend(backend)
+        self._backend: Backend = get_backend(backend)
 
     @property
-    def backend(self) -> TorchBackend | TritonBackend:
+    def backend(self) -> Backend:
         return self._backend
 
     @backend.setter
