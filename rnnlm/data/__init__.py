@@ -10,6 +10,6 @@ from rnnlm.data.corpus import Corpus, cache_root, default_corpus_path, file_hash
 from rnnlm.data.tokenize import ENCODING_ERRORS, TokenizerSettings, tokenize_text
 from rnnlm.data.vocab import PAD, SPLIT_FRACTIONS, SPLITS, UNK, Vocab, split_corpus
 
-__all__ = ["BATCHINGS", "Corpus", "ENCODING_ERRORS", "PAD", "SPLITS", "SPLIT_FRACTIONS", "StreamBatches", "TokenizerSettings",
-           "UNK", "Vocab", "WindowBatches", "cache_root", "default_corpus_path", "file_hash", "load_corpus",
-           "make_batches", "max_batch_size", "split_corpus", "tokenize_text"]
+__all__ = ["BATCHINGS", "Corpus", "ENCODING_ERRORS", "PAD", "SPLITS", "SPLIT_FRACTIONS", "StreamBatches",
+           "TokenizerSettings", "UNK", "Vocab", "WindowBatches", "cache_root", "default_corpus_path", "file_hash",
+           "load_corpus", "make_batches", "max_batch_size", "split_corpus", "tokenize_text"]

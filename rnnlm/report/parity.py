@@ -7,9 +7,9 @@ import torch
 from rnnlm.report.benchmarks import Row, _finite
 
 PARITY_TOL_FP64 = 1e-12
-INTRO = ("kernels.rnn.rnn (precision \"ieee\") against torch.nn.RNN, both in float64, tanh, with random upstream "
-         "gradients on the output and h_n. Relative error = ‖triton − torch‖/‖torch‖, the largest over the outputs "
-         "(output, h_n) and over the gradients (input, h0, every weight and bias).")
+INTRO = ("kernels.rnn.rnn (precision \"ieee\") against torch.nn.RNN, both in float64, tanh, with random "
+         "upstream gradients on the output and h_n. Relative error = ‖triton − torch‖/‖torch‖, the largest over "
+         "the outputs (output, h_n) and over the gradients (input, h0, every weight and bias).")
 
 
 def parity_shapes(rows: list[Row]) -> list[dict]:

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from rnnlm.report.benchmarks import COLORS, PLOT_AXES, SIZE_KEYS, SIZE_LETTERS, SIZE_NAMES, Row, _rate, _sizes, tokens_per_s  # noqa: E402
+from rnnlm.report.benchmarks import (COLORS, PLOT_AXES, SIZE_KEYS, SIZE_LETTERS, SIZE_NAMES, Row,  # noqa: E402
+                                     _rate, _sizes, tokens_per_s)
 
 
 @dataclass

@@ -3,10 +3,11 @@
     result = rnnlm.fit(rnnlm.TrainConfig(data="my.txt", max_steps=200, out="runs/a"))
 
 Trainer.build() makes everything a run needs (rnnlm.training.setup), fresh or from the checkpoint it resumes.
-Trainer.loop() runs the steps (Trainer.train_step): one TrainStep per batch; every --log-every steps a metrics.jsonl line, and every
---eval-every steps (and at the end) also the exact validation perplexity, last.pt and, when it improved, best.pt.
-It stops at the first of: --epochs done, --max-steps reached, the --time-budget used, or Ctrl-C / SIGTERM (the
-step finishes and last.pt is saved). Trainer.finish() prints the test perplexity of best.pt and a sample.
+Trainer.loop() runs one TrainStep per batch (Trainer.train_step); every --log-every steps it writes a
+metrics.jsonl line, and every --eval-every steps (and at the end) it also measures the exact validation
+perplexity and saves last.pt and, when that improved, best.pt (Trainer.evaluate_and_save). It stops at the
+first of: --epochs done, --max-steps reached, the --time-budget used, or Ctrl-C / SIGTERM (the step finishes
+and last.pt is saved). Trainer.finish() prints the test perplexity of best.pt and a sample.
 """
 from __future__ import annotations
 
