@@ -103,6 +103,17 @@ def test_stream_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
     assert "sample:" not in capsys.readouterr().out
 
 
+def test_cudnn_is_the_torch_backend_and_the_library_that_ran_is_printed(tiny_corpus, tmp_path, capsys):
+    """--backend cudnn (the torch backend's former name) trains, and a checkpoint that stores it resumes."""
+    out = tmp_path / "run"
+    run_train(tiny_corpus, out, "--backend", "cudnn", "--max-steps", 2, "--eval-every", 2, "--sample-length", 0)
+    assert "backend torch (nn.RNN on ATen, CPU)" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.pt")["train_config"]["backend"] == "cudnn"
+    assert train.main(["--resume", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    assert "backend torch (nn.RNN on ATen, CPU)" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+
+
 # -- bad input: one line, exit code 2 ---------------------------------------------------------------------------
 
 def _cli_error(argv, capsys) -> str:
