@@ -19,7 +19,7 @@ from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
 from rnnlm.data import SPLITS, load_corpus, split_corpus, tokenize_text
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import EvalResult, evaluate_tokens
-from rnnlm.inference.generation import generate
+from rnnlm.inference.text import generate
 
 log = logging.getLogger("rnnlm")
 

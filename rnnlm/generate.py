@@ -14,9 +14,10 @@ from rnnlm.cli import CheckpointOptions, log_to_stderr, open_checkpoint, parse
 from rnnlm.config import option
 from rnnlm.data import tokenize_text
 from rnnlm.errors import UsageError, run_cli
-from rnnlm.inference.generation import EMPTY_PROMPT, generate
+from rnnlm.inference.generation import EMPTY_PROMPT
 from rnnlm.inference.precision import OUTPUT_PRECISIONS
 from rnnlm.inference.sampling import check_sampling
+from rnnlm.inference.text import generate
 
 PROG = "rnnlm.generate"
 

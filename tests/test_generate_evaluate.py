@@ -20,8 +20,9 @@ from rnnlm.evaluate import main as evaluate_main
 from rnnlm.evaluation import evaluate_tokens
 from rnnlm.generate import main as generate_main
 from rnnlm.inference import int8_envelope, precision, stepper
-from rnnlm.inference.generation import generate, generate_ids
+from rnnlm.inference.generation import generate_ids
 from rnnlm.inference.sampling import MIN_TEMPERATURE, filter_logits, sample_torch
+from rnnlm.inference.text import generate
 from rnnlm.model import ModelConfig, WordRNN
 
 E, H = 16, 32

@@ -3,7 +3,10 @@ screen, and one seam between the backends."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,20 @@ def test_library_errors_name_parameters_and_clis_name_flags():
     assert positive_number("time_budget", None, allow_none=True) is None
     with pytest.raises(UsageError, match="backend must be one of torch, triton"):
         one_of("backend", "tpu", ("torch", "triton"))
+
+
+def test_the_model_and_generating_ids_need_neither_tokenizer_nor_plots():
+    """A GPU image has torch and triton but not jieba, tqdm, snownlp or matplotlib (benchmarks/gpu_check.py)."""
+    code = ("import sys\n"
+            "for name in ('jieba', 'tqdm', 'snownlp', 'matplotlib'):\n"
+            "    sys.modules[name] = None\n"
+            "import torch\n"
+            "from rnnlm.model import ModelConfig, WordRNN\n"
+            "from rnnlm.inference.generation import generate_ids\n"
+            "model = WordRNN(ModelConfig(vocab_size=50, embed_size=8, hidden_size=16))\n"
+            "assert generate_ids(model, [2, 3], 5, seed=0).shape == (1, 5)\n"
+            "x = torch.randint(0, 50, (2, 3))\n"
+            "model.loss(x, x)[0].backward()\n")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,25 +1,23 @@
-"""Text generation: prime the model on the prompt, then draw word by word on the device, for N samples at once.
+"""Generation of word ids: prime the model on the prompt, then draw word by word on the device, for N samples at
+once (rnnlm.inference.text does the same from and to text).
 
 The prompt is read in one forward pass (in chunks for very long prompts, carrying the state); the prompt's last
 word is never fed twice. The first word is drawn from the prompt's logits; after that each step feeds the words
 just drawn and draws the next ones. The backend's decoder (rnnlm.backends) does the step and the draw.
+This module needs torch only (no tokenizer): a GPU image without jieba can generate ids.
 """
 from __future__ import annotations
 
-import logging
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from rnnlm.checks import positive_int
-from rnnlm.data import TokenizerSettings, Vocab, tokenize_text
 from rnnlm.errors import UsageError
 from rnnlm.inference.precision import choose_output_precision
 from rnnlm.inference.sampling import Sampling
 from rnnlm.inference.stepper import prime
 from rnnlm.model import WordRNN
-
-log = logging.getLogger("rnnlm.generate")
 
 EMPTY_PROMPT = "the prompt is empty (no words after tokenization); give a {prompt} of at least one word"
 
@@ -63,26 +61,3 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
             return out.view(length, num_samples).t().contiguous()
     finally:
         model.train(was_training)
-
-
-def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: str, length: int, *,
-             temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
-             num_samples: int = 1, seed: int | None = None, output_precision: str = "auto",
-             warn: Callable[[str], None] | None = None) -> list[str]:
-    """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
-
-    prompt is tokenized with `settings` and encoded with `vocab` (unknown words become <unk>; `warn(message)` is
-    called when no word of the prompt is in the vocabulary). UsageError for an empty prompt or meaningless
-    sampling settings.
-    """
-    words = tokenize_text(prompt, settings)
-    if not words:
-        raise UsageError(EMPTY_PROMPT, params=("prompt",))
-    ids = vocab.encode(words)
-    if all(i == vocab.unk_id for i in ids):
-        message = (f"no word of the prompt {prompt!r} is in the vocabulary: the model starts from <unk> "
-                   f"(which it saw for every rare word in training)")
-        (warn or log.warning)(message)
-    generated = generate_ids(model, ids, length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p,
-                             num_samples=num_samples, seed=seed, output_precision=output_precision)
-    return [prompt + vocab.decode(row) for row in generated.tolist()]

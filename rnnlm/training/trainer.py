@@ -24,7 +24,7 @@ from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import evaluate_tokens
-from rnnlm.inference.generation import generate
+from rnnlm.inference.text import generate
 from rnnlm.model import resolve_device
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
