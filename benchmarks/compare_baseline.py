@@ -6,7 +6,7 @@
 Measures, on the same corpus (the default corpus unless --data):
 - tokenize: the baseline's `tokenize:` seconds against rnnlm.data.load_corpus in a fresh process with an
   empty cache (RNNLM_CACHE_DIR is a new temporary folder), then again from the cache;
-- train: the baseline's `train:` tokens/s against `python -m rnnlm.train --backend cudnn` (default
+- train: the baseline's `train:` tokens/s against `python -m rnnlm.train --backend torch` (default
   hyperparameters, so windows batching like the baseline's), steady-state tokens/s after warm-up, in fp32 and in
   bf16; the bf16 run counts only if its validation perplexity after the same steps (and seed) is within 2% of
   the fp32 run's. A second fp32 run with another seed (--reference-seed) shows how far two fp32 runs fall apart
@@ -108,22 +108,21 @@ def measure_tokenize(corpus: str) -> dict:
 
 
 def measure_generate(checkpoint: str, length: int, repeats: int) -> dict:
-    """rnnlm.generate.generate (prompt 你好, temperature 0.8, one sample) from the checkpoint, on the cudnn backend.
+    """rnnlm's generation (prompt 你好, temperature 0.8, one sample) from the checkpoint, on the torch backend.
 
     Like the baseline's timing it includes tokenizing and priming on the prompt; jieba's dictionary is loaded
     before (the baseline had loaded it for the corpus) by a short warm-up sample.
     """
     import torch
 
-    from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
-    from rnnlm.generate import generate
+    import rnnlm
 
-    model, vocab, settings = model_from_checkpoint(load_checkpoint(checkpoint), backend="cudnn", device="cpu")
-    generate(model, vocab, settings, "你好", 10, temperature=0.8, seed=1)  # jieba loaded, first-call set-up
+    lm = rnnlm.load(checkpoint, backend="torch", device="cpu")
+    lm.generate("你好", 10, temperature=0.8, seed=1)  # jieba loaded, first-call set-up
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        text = generate(model, vocab, settings, "你好", length, temperature=0.8, seed=i)[0]
+        text = lm.generate("你好", length, temperature=0.8, seed=i)
         times.append(time.perf_counter() - t0)
     return {"times": times, "tokens_per_s": length / statistics.median(times),
             "first_tokens_per_s": length / times[0], "sample": text[:60], "threads": torch.get_num_threads()}
@@ -143,9 +142,9 @@ def child_measure(what: str, *args: str) -> dict:
 
 def train_ours(corpus: Path, out: Path, steps: int, log_every: int, skip_windows: int, precision: str,
                cache_dir: Path, seed: int = 0) -> dict:
-    """python -m rnnlm.train --backend cudnn (defaults otherwise) for `steps` steps; steady-state tokens/s from
+    """python -m rnnlm.train --backend torch (defaults otherwise) for `steps` steps; steady-state tokens/s from
     metrics.jsonl, leaving out the first `skip_windows` windows of `log_every` steps (warm-up)."""
-    cmd = [sys.executable, "-m", "rnnlm.train", "--data", corpus, "--backend", "cudnn", "--device", "cpu",
+    cmd = [sys.executable, "-m", "rnnlm.train", "--data", corpus, "--backend", "torch", "--device", "cpu",
            "--max-steps", steps, "--eval-every", steps, "--log-every", log_every, "--seed", seed,
            "--precision", precision, "--out", out, "--no-progress", "--sample-length", "0"]
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Generation: tokens/s of rnnlm.generate.generate_ids (prime on a 2-word prompt, then sample word by word),
+"""Generation: tokens/s of rnnlm.inference.generation.generate_ids (prime on a 2-word prompt, then sample word by word),
 one sample and a batch of 16, for each backend and shape (an untrained WordRNN: speed does not depend on
 the weights). tokens_per_s counts generated words of all samples.
 """
@@ -24,7 +24,7 @@ def build(backend, shape, device):
 @pytest.mark.parametrize("num_samples", [1, 16], ids=["1 sample", "batch 16"])
 @pytest.mark.benchmark(group="generation")
 def test_generate(run_bench, model_case, tools, num_samples, benchmark):
-    from rnnlm.generate import generate_ids
+    from rnnlm.inference.generation import generate_ids
 
     backend, shape = model_case
     benchmark.group = f"generation ({'1 sample' if num_samples == 1 else f'batch of {num_samples}'})"

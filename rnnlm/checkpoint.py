@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 
+from rnnlm.backends import resolve_backend
+from rnnlm.data import TokenizerSettings, Vocab
 from rnnlm.errors import UsageError
+from rnnlm.model import ModelConfig, WordRNN, resolve_device
 
 FORMAT_VERSION = 1
 
-# What every rnnlm checkpoint holds (see INTERFACES.md); values may be None where noted there.
+# What every rnnlm checkpoint holds; a training checkpoint (rnnlm.training.trainer) adds optimizer_state,
+# train_config, corpus, step, epoch, data_state, hidden, rng_state, best_valid_ppl and elapsed.
 REQUIRED_KEYS = ("format_version", "model_config", "model_state", "vocab", "tokenizer")
-ALL_KEYS = REQUIRED_KEYS + ("optimizer_state", "train_config", "corpus", "step", "epoch", "data_state", "hidden",
-                            "rng_state", "best_valid_ppl")
 
 # Leaf types that torch.load(weights_only=True) rebuilds; anything else in a payload would make the file
 # unloadable, so save_checkpoint refuses it up front (exact types: numpy scalars subclass float but are not safe).
@@ -196,15 +198,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any], backend: str | None = None, device: str | torch.device = "cpu"):
+def model_from_checkpoint(payload: dict[str, Any], backend: str | None = None,
+                          device: str | torch.device | None = "cpu") -> tuple[WordRNN, Vocab, TokenizerSettings]:
     """(WordRNN in eval mode on `device` with the chosen backend, Vocab, TokenizerSettings) from a loaded payload.
 
-    backend None picks the default for the device (rnnlm.model.resolve_backend). UsageError when the payload's
+    backend None picks the default for the device (rnnlm.backends.resolve_backend). UsageError when the payload's
     parts disagree (state vs config, vocabulary size vs config).
     """
-    from rnnlm.data import TokenizerSettings, Vocab
-    from rnnlm.model import ModelConfig, WordRNN, resolve_backend, resolve_device
-
     device = resolve_device(device)
     if not isinstance(payload.get("model_config"), dict):
         raise UsageError("checkpoint's model_config is not a dict")
@@ -212,8 +212,12 @@ def model_from_checkpoint(payload: dict[str, Any], backend: str | None = None, d
         config = ModelConfig.from_dict(dict(payload["model_config"]))
     except (TypeError, ValueError) as err:
         raise UsageError(f"checkpoint has an invalid model_config: {err}") from err
+    try:
+        config.validate()
+    except UsageError as err:  # about the checkpoint's values, not about the command's options
+        raise UsageError(f"checkpoint has an invalid model_config: {err}") from None
     backend = resolve_backend(backend, device)
-    model = WordRNN(config, backend="cudnn")
+    model = WordRNN(config)
     state = payload["model_state"]
     if not isinstance(state, dict):
         raise UsageError("checkpoint's model_state is not a state dict")
@@ -228,14 +232,19 @@ def model_from_checkpoint(payload: dict[str, Any], backend: str | None = None, d
     vocab = Vocab.from_list(vocab_list)
     if len(vocab) != config.vocab_size:
         raise UsageError(f"checkpoint's vocabulary has {len(vocab)} words but its model expects {config.vocab_size}")
-    tokenizer = payload["tokenizer"]
-    if not isinstance(tokenizer, dict):
-        raise UsageError("checkpoint's tokenizer settings are not a dict")
-    try:
-        settings = TokenizerSettings.from_dict(tokenizer)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"checkpoint has invalid tokenizer settings: {err}") from err
+    settings = tokenizer_settings(payload)
     model.to(device)
     model.backend = backend
     model.eval()
     return model, vocab, settings
+
+
+def tokenizer_settings(payload: dict[str, Any]) -> TokenizerSettings:
+    """How the checkpoint's corpus was tokenized (prompts and evaluation text are tokenized the same way)."""
+    tokenizer = payload["tokenizer"]
+    if not isinstance(tokenizer, dict):
+        raise UsageError("checkpoint's tokenizer settings are not a dict")
+    try:
+        return TokenizerSettings.from_dict(tokenizer)
+    except (TypeError, ValueError, UsageError) as err:
+        raise UsageError(f"checkpoint has invalid tokenizer settings: {err}") from None

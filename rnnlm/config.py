@@ -1,39 +1,35 @@
 """Configuration as dataclasses, and argparse parsers built from them.
 
 Each CLI declares its options once, as a dataclass whose fields carry `help` (and optionally `choices`,
-`positional`, `flag`) in their metadata; `build_parser` turns that into argparse, and `from_namespace`
+`positional`, `metavar`) in their metadata; `build_parser` turns that into argparse, and `from_namespace`
 turns the parsed namespace back into the dataclass. Validation of values lives in each dataclass's
-`validate()`, which raises UsageError (one line, exit code 2).
+`validate()`, which raises UsageError naming the fields as parameters (the CLI shows them as flags).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import typing
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
-from rnnlm.errors import UsageError
+from rnnlm.errors import flag
 
 T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: typing.Sequence[Any] | None = None,
-           positional: bool = False, flag: str | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field that is also a command-line option (`--name-with-dashes`, or `flag` if given)."""
-    meta = {"help": help, "choices": choices, "positional": positional, "flag": flag, "metavar": metavar}
-    if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+           positional: bool = False, metavar: str | None = None) -> Any:
+    """A dataclass field that is also a command-line option, `--name-with-dashes` (rnnlm.errors.flag)."""
+    meta = {"help": help, "choices": choices, "positional": positional, "metavar": metavar}
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(type, optional) from an annotation such as `int`, `float | None` or `Optional[str]`."""
+def _base_type(annotation: Any) -> type:
+    """The type of an annotation such as `int`, `float | None` or `Optional[str]`."""
     args = typing.get_args(annotation)
     if args and type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return inner[0], True
-    return annotation, False
+        return next(a for a in args if a is not type(None))
+    return annotation
 
 
 class _DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -54,12 +50,12 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         meta = field.metadata
         if "help" not in meta:
             continue
-        kind, _optional = _base_type(hints[field.name])
+        kind = _base_type(hints[field.name])
         default = None if field.default is dataclasses.MISSING else field.default
         if meta.get("positional"):
             parser.add_argument(field.name, type=kind, help=meta["help"], metavar=meta.get("metavar"))
             continue
-        name = meta.get("flag") or "--" + field.name.replace("_", "-")
+        name = flag(field.name)
         if kind is bool:
             parser.add_argument(name, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=meta["help"])
@@ -75,9 +71,8 @@ def from_namespace(cls: type[T], namespace: argparse.Namespace) -> T:
     return cls(**{k: v for k, v in vars(namespace).items() if k in names})
 
 
-def require_positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
-    """UsageError unless `value` is a finite number > 0 (None allowed when allow_none)."""
-    if value is None and allow_none:
-        return
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{name} must be a positive number, got {value}")
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Names of the options given in argv, as opposed to those left at their defaults."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))

@@ -1,4 +1,11 @@
-"""User-facing errors: every problem with the user's input ends as one line on stderr and exit code 2."""
+"""User-facing errors: every problem with the user's input ends as one line on stderr and exit code 2.
+
+Library code says what is wrong with a value and names the parameter as the library spells it
+(`seq_len must be a positive integer, got 0`). A CLI shows the same message with the parameter written as its
+flag (`--seq-len must be a positive integer, got 0`), so that an error found deep inside a run (a batch size too
+large for the corpus) still tells a command-line user which flag to change. The message marks each such place
+as `{name}` (in an f-string: `{{name}}`) and lists the name in `params`; other mentions stay as written.
+"""
 from __future__ import annotations
 
 import sys
@@ -6,14 +13,36 @@ from typing import Callable, NoReturn, Sequence
 
 
 class UsageError(Exception):
-    """A problem with what the user gave (a file, a flag, a checkpoint): reported as one line, exit 2."""
+    """A problem with what the user gave (a file, a value, a checkpoint): reported as one line, exit 2.
+
+    params: parameter names (such as "batch_size") marked in the message as {batch_size}.
+    """
+
+    def __init__(self, message: str, *, params: Sequence[str] = ()):
+        self.template, self.params = message, tuple(params)
+        super().__init__(self._render(str))
+
+    def cli_message(self) -> str:
+        """The message with each marked parameter written as its flag: {seq_len} -> --seq-len."""
+        return self._render(flag)
+
+    def _render(self, spell: Callable[[str], str]) -> str:
+        text = self.template
+        for name in self.params:
+            text = text.replace("{" + name + "}", spell(name))
+        return text
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a parameter: seq_len -> --seq-len."""
+    return "--" + name.replace("_", "-")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], prog: str, argv: Sequence[str] | None = None) -> NoReturn:
-    """Runs a CLI's main; a UsageError becomes one line on stderr and exit code 2."""
+    """Runs a CLI's main; a UsageError becomes one line on stderr (parameters named as flags) and exit code 2."""
     try:
         code = main(argv)
     except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err.cli_message()}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

@@ -1,33 +1,26 @@
-"""The word-level RNN language model: Embedding -> RNN -> Linear, with two interchangeable backends.
+"""The word-level RNN language model: Embedding -> RNN -> Linear, run by one of two backends.
 
-Both backends run on one parameter set, the `torch.nn.RNN` module's own weights (`self.rnn`):
-
-- ``cudnn``: calls `self.rnn` itself (cuDNN on a GPU, ATen on the CPU) and `F.cross_entropy`.
-- ``triton``: calls `kernels.rnn.rnn` with `self.rnn._flat_weights` and `kernels.cross_entropy`.
-
-So a checkpoint trained on one backend runs on the other, and `model.backend = "triton"` switches a loaded
-model. The triton kernels are imported lazily, only when that backend is chosen; when they cannot be
-imported, choosing it raises UsageError: there is never a silent fallback to torch.
+The parameters are always those of `self.embedding`, `self.rnn` (a torch.nn.RNN) and `self.fc`; the backend
+object (rnnlm.backends) decides which code runs the recurrence, the loss and generation's step and draw, so
+`model.backend = "triton"` switches a loaded model without touching its weights.
 
 Shapes: B batch, T time steps, E embed size, H hidden size, L layers, V vocabulary size.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from rnnlm.backends import Backend, get_backend
+from rnnlm.checks import one_of, positive_int
 from rnnlm.errors import UsageError
 
-log = logging.getLogger("rnnlm.model")
-
-BACKENDS = ("cudnn", "triton")
 NONLINEARITIES = ("tanh", "relu")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -43,19 +36,17 @@ class ModelConfig:
     tie_weights: bool = False  # fc.weight is embedding.weight; needs embed_size == hidden_size
 
     def validate(self) -> None:
-        """UsageError (one line) for a shape the model cannot have."""
+        """UsageError (one line, naming the field) for a shape the model cannot have."""
         for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        if self.nonlinearity not in NONLINEARITIES:
-            raise UsageError(f"nonlinearity must be one of {', '.join(NONLINEARITIES)}, got {self.nonlinearity!r}")
+            positive_int(name, getattr(self, name))
+        one_of("nonlinearity", self.nonlinearity, NONLINEARITIES)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise UsageError(f"{{dropout}} must be in [0, 1), got {self.dropout!r}", params=("dropout",))
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise UsageError(
-                f"tie_weights needs embed_size == hidden_size (the output layer reuses the embedding matrix), "
-                f"got embed_size {self.embed_size} and hidden_size {self.hidden_size}")
+                f"{{tie_weights}} needs {{embed_size}} equal to {{hidden_size}} (the output layer reuses the embedding "
+                f"matrix), got {self.embed_size} and {self.hidden_size}",
+                params=("tie_weights", "embed_size", "hidden_size"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,24 +65,8 @@ class ModelConfig:
         return cls(**data)
 
 
-def resolve_backend(name: str | None, device: str | torch.device | None = None) -> str:
-    """The backend to use: `name` when given, else "triton" when CUDA is available and "cudnn" otherwise.
-
-    Logs the choice when it was made here, so the user sees which backend runs.
-    """
-    if name is not None:
-        if name not in BACKENDS:
-            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-        return name
-    on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-    chosen = "triton" if on_cuda else "cudnn"
-    reason = "CUDA is available" if on_cuda else "no CUDA device"
-    log.info("backend: %s (%s; pass --backend to choose)", chosen, reason)
-    return chosen
-
-
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """The torch device for `--device`: None means "cuda" when available, else "cpu"; UsageError if unusable."""
+    """The torch device for `device`: None means "cuda" when available, else "cpu"; UsageError if unusable."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -99,32 +74,20 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     except (RuntimeError, ValueError, TypeError) as err:
         raise UsageError(f"invalid device {name!r}: {err}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        raise UsageError(f"device {name!r} requested but CUDA is not available here; use {{device}} cpu",
+                         params=("device",))
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"device must be cpu or cuda, got {name!r}")
+        raise UsageError(f"{{device}} must be cpu or cuda, got {name!r}", params=("device",))
     return device
-
-
-def _triton_ops():
-    """(kernels.rnn.rnn, kernels.cross_entropy.cross_entropy), imported on first use of the triton backend."""
-    try:
-        from kernels.cross_entropy import cross_entropy
-        from kernels.rnn import rnn
-    except Exception as err:  # ImportError, or a kernel module failing at import time
-        raise UsageError(
-            f"backend 'triton' is unavailable: the kernels could not be imported "
-            f"({type(err).__name__}: {err}); use --backend cudnn") from err
-    return rnn, cross_entropy
 
 
 class WordRNN(nn.Module):
     """Embedding (V, E) -> nn.RNN (E -> H, L layers, batch_first) -> Linear (H -> V).
 
-    `backend` ("cudnn" | "triton") only changes which code runs the recurrence and the loss; the parameters
-    are always those of `self.rnn`, `self.embedding` and `self.fc`.
+    `backend` ("torch" | "triton", or "cudnn" for "torch") only changes which code runs; see rnnlm.backends.
     """
 
-    def __init__(self, config: ModelConfig, backend: str = "cudnn"):
+    def __init__(self, config: ModelConfig, backend: str = "torch"):
         super().__init__()
         config.validate()
         self.config = config
@@ -135,26 +98,19 @@ class WordRNN(nn.Module):
         self.fc = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.fc.weight = self.embedding.weight
-        self._backend = "cudnn"
-        self.backend = backend
+        self._backend: Backend = get_backend(backend)
 
-    # -- backend -------------------------------------------------------------------------------------------
     @property
-    def backend(self) -> str:
+    def backend(self) -> Backend:
         return self._backend
 
     @backend.setter
     def backend(self, name: str) -> None:
-        if name not in BACKENDS:
-            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-        if name == "triton":
-            _triton_ops()  # fail now, clearly, rather than at the first forward
-        self._backend = name
+        self._backend = get_backend(name)  # a failed switch (triton kernels missing) leaves the model as it was
 
     def extra_repr(self) -> str:
-        return f"backend={self._backend!r}"
+        return f"backend={self._backend.name!r}"
 
-    # -- forward -------------------------------------------------------------------------------------------
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         """Zeros (L, B, H) on the parameters' device and dtype."""
         w = self.fc.weight
@@ -172,14 +128,7 @@ class WordRNN(nn.Module):
     def recurrence(self, x: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The last layer's outputs (B, T, H) and the new hidden state (L, B, H), before the output layer."""
         self._check_input(x, hidden)
-        emb = self.embedding(x)  # (B, T, E)
-        if self._backend == "triton":
-            rnn, _ = _triton_ops()
-            out, h_n = rnn(emb, hidden, self.rnn._flat_weights, num_layers=self.rnn.num_layers,
-                           nonlinearity=self.rnn.nonlinearity, bias=self.rnn.bias, batch_first=True,
-                           dropout=self.rnn.dropout, training=self.training, bidirectional=False)
-        else:
-            out, h_n = self.rnn(emb, hidden)
+        out, h_n = self._backend.recurrence(self.rnn, self.embedding(x), hidden)
         # Under autocast the recurrence may return a bf16 state; the state carried between batches stays in the
         # parameters' dtype, so it can be fed back inside or outside autocast.
         param_dtype = self.fc.weight.dtype
@@ -187,8 +136,15 @@ class WordRNN(nn.Module):
             h_n = h_n.to(param_dtype)
         return out, h_n
 
-    def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T) int64, hidden (L, B, H) or None (zeros) -> logits (B, T, V), hidden (L, B, H)."""
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T) int64, hidden (L, B, H) or None (zeros) -> logits (B, T, V), hidden (L, B, H).
+
+        With targets (B, T): (training_loss, hidden) instead, so that a training step goes through forward
+        (what wrappers such as DistributedDataParallel hook into).
+        """
+        if targets is not None:
+            return self.training_loss(x, targets, hidden, compute_dtype)
         out, h_n = self.recurrence(x, hidden)
         return self.fc(out), h_n
 
@@ -198,17 +154,18 @@ class WordRNN(nn.Module):
 
         The loss is computed in fp32 even when the logits are bf16 (autocast).
         """
-        if reduction not in ("mean", "sum"):
+        if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if y.shape != x.shape:
             raise ValueError(f"y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
         logits, h_n = self(x, hidden)
         flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
-        targets = y.reshape(-1)
-        if self._backend == "triton":
-            _, cross_entropy = _triton_ops()
-            loss = cross_entropy(flat, targets, reduction=reduction)
-        else:
-            loss = F.cross_entropy(flat, targets, reduction=reduction)
-        return loss, h_n
+        return self._backend.cross_entropy(flat, y.reshape(-1), reduction), h_n
 
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None = None,
+                      compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy of y, new hidden): loss()'s value, computed the backend's fastest way for training.
+
+        compute_dtype: the dtype of the output layer's products on the torch backend (bf16 for --precision bf16).
+        """
+        return self._backend.training_loss(self, x, y, hidden, compute_dtype)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnlm import data
-from rnnlm.data import PAD, UNK, Corpus, StreamBatches, TokenizerSettings, Vocab, WindowBatches
+from rnnlm.data import PAD, UNK, Corpus, StreamBatches, TokenizerSettings, Vocab, WindowBatches, corpus, tokenize
 from rnnlm.errors import UsageError
 
 
@@ -51,7 +51,7 @@ def test_tiny_corpus_tokens_match_jieba_on_whole_text(tiny, tiny_corpus):
 
 
 def test_worker_pool_gives_the_same_tokens(tiny, tiny_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_CHUNK_CHARS", 500)      # many chunks for 2 workers
+    monkeypatch.setattr(tokenize, "_CHUNK_CHARS", 500)      # many chunks for 2 workers
     par = load(tiny_corpus, tmp_path, workers=2)
     assert not par.cached
     assert words(par) == words(tiny)
@@ -59,8 +59,8 @@ def test_worker_pool_gives_the_same_tokens(tiny, tiny_corpus, tmp_path, monkeypa
 
 
 def test_long_lines_are_cut_exactly_where_jieba_would_cut(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_CHUNK_CHARS", 64)
-    monkeypatch.setattr(data, "_READ_BLOCK", 50)        # blocks end inside UTF-8 sequences and \r\n
+    monkeypatch.setattr(tokenize, "_CHUNK_CHARS", 64)
+    monkeypatch.setattr(tokenize, "_READ_BLOCK", 50)        # blocks end inside UTF-8 sequences and \r\n
     line = "，".join(["国家主席发表新年讲话", "经济建设取得了巨大成就", "ABC123", "科学技术是第一生产力"] * 40)
     run = "人民群众生活水平不断提高" * 20                   # 240 characters with nowhere safe to cut
     text = line + "。\r\n" + run + "\n短句。\r第三行"
@@ -80,7 +80,7 @@ def test_tokenize_text_drops_whitespace_and_controls():
 def test_settings_round_trip_and_validation():
     s = TokenizerSettings(hmm=False, encoding_errors="replace")
     assert TokenizerSettings.from_dict(s.to_dict()) == s
-    with pytest.raises(UsageError, match="encoding-errors"):
+    with pytest.raises(UsageError, match="encoding_errors"):
         TokenizerSettings(encoding_errors="ignore")
     with pytest.raises(UsageError, match="unknown tokenizer setting"):
         TokenizerSettings.from_dict({"hmm": True, "lower": True})
@@ -95,8 +95,8 @@ def test_second_load_comes_from_cache_without_jieba(tiny_corpus, tmp_path, monke
 
     def boom(*a, **k):
         raise AssertionError("jieba called on a cache hit")
-    monkeypatch.setattr(data, "_tokenize_segments", boom)
-    monkeypatch.setattr(data, "_tokenize_file", boom)
+    monkeypatch.setattr(tokenize, "_tokenize_segments", boom)
+    monkeypatch.setattr(tokenize, "tokenize_file", boom)
     monkeypatch.setattr(jieba.Tokenizer, "cut", boom)
     second = load(tiny_corpus, tmp_path)
     assert second.cached
@@ -144,12 +144,12 @@ def test_cache_dir_from_environment(tiny_corpus, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------- default corpus
 
 def test_pos_tags_and_brackets_are_stripped():
-    assert data.strip_pos_tags("[中央/n  人民/n  广播/vn  电台/n]nt  ，/w  //w  Windows/nx  95/m\n") == \
+    assert corpus.strip_pos_tags("[中央/n  人民/n  广播/vn  电台/n]nt  ，/w  //w  Windows/nx  95/m\n") == \
         "中央人民广播电台，/Windows 95"
-    src = data._default_corpus_source()
+    src = corpus._default_corpus_source()
     with src.open("r", encoding="utf-8") as f:
         head = [next(f) for _ in range(200)]
-    plain = [data.strip_pos_tags(line) for line in head]
+    plain = [corpus.strip_pos_tags(line) for line in head]
     assert plain[0] == "迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）"
     assert plain[1] == "中共中央总书记、国家主席江泽民"
     assert all(line and "/" not in line for line in plain)
@@ -357,7 +357,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     p.chmod(0)
     try:
         if os.access(p, os.R_OK):                    # root reads anything: pretend the permission is missing
-            monkeypatch.setattr(data.os, "access", lambda *a, **k: False)
+            monkeypatch.setattr(corpus.os, "access", lambda *a, **k: False)
         with pytest.raises(UsageError, match="cannot read .*permission denied"):
             load(p, tmp_path)
     finally:
@@ -366,18 +366,19 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("block", [1 << 20, 7])           # 7: the bad byte arrives in a later read
 def test_invalid_utf8_says_where(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(data, "_READ_BLOCK", block)
+    monkeypatch.setattr(tokenize, "_READ_BLOCK", block)
     p = write(tmp_path, "第一行。\n第二行。\n坏".encode("utf-8") + b"\xff" + "字节\n".encode("utf-8"))
     offset = len("第一行。\n第二行。\n坏".encode("utf-8"))
     with pytest.raises(UsageError) as err:
         load(p, tmp_path)
-    msg = str(err.value)
+    msg = err.value.cli_message()                         # as a CLI shows it: the parameter as its flag
     assert f"line 3, byte offset {offset}" in msg and "--encoding-errors replace" in msg and "\n" not in msg
+    assert "encoding_errors replace" in str(err.value)      # the library names the parameter
 
 
 @pytest.mark.parametrize("block", [1 << 20, 5])
 def test_invalid_utf8_replaced_and_counted(tmp_path, caplog, monkeypatch, block):
-    monkeypatch.setattr(data, "_READ_BLOCK", block)
+    monkeypatch.setattr(tokenize, "_READ_BLOCK", block)
     raw = "好\ufffd的".encode("utf-8") + b"\xff\xfe" + "开始。\n".encode("utf-8") + b"\xe4\xb8" + "结束\n".encode()
     with caplog.at_level(logging.WARNING, logger="rnnlm.data"):
         c = load(write(tmp_path, raw), tmp_path, settings=TokenizerSettings(encoding_errors="replace"))

@@ -12,15 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlm import generate as gen
-from rnnlm.checkpoint import FORMAT_VERSION, save_checkpoint
-from rnnlm.data import TokenizerSettings, Vocab, load_corpus, split_corpus, tokenize_text
 from rnnlm import errors
+from rnnlm.checkpoint import FORMAT_VERSION, save_checkpoint
+from rnnlm.data import TokenizerSettings, Vocab, load_corpus, split_corpus
 from rnnlm.errors import UsageError
 from rnnlm.evaluate import main as evaluate_main
+from rnnlm.evaluation import evaluate_tokens
 from rnnlm.generate import main as generate_main
-from rnnlm.evaluate import evaluate_tokens
-from rnnlm.generate import filter_logits, generate, generate_ids, sample_torch
+from rnnlm.inference import int8_envelope, precision, stepper
+from rnnlm.inference.generation import generate_ids
+from rnnlm.inference.sampling import MIN_TEMPERATURE, filter_logits, sample_torch
+from rnnlm.inference.text import generate
 from rnnlm.model import ModelConfig, WordRNN
 
 E, H = 16, 32
@@ -38,6 +40,15 @@ def setup(tiny_corpus):
 def make_model(vocab_size: int, seed: int = 0, **overrides) -> WordRNN:
     torch.manual_seed(seed)
     return WordRNN(ModelConfig(vocab_size=vocab_size, embed_size=E, hidden_size=H, num_layers=2, **overrides)).eval()
+
+
+def uniform_model(vocab_size: int) -> WordRNN:
+    """A model whose output layer is all zeros: every word equally likely, perplexity = the vocabulary size."""
+    model = make_model(vocab_size)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return model
 
 
 def write_checkpoint(path, model, vocab, settings, corpus) -> Path:
@@ -76,10 +87,7 @@ def run_cli(module: str, *args, cwd=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("batch_size", [1, 3, 16, 10_000])
 def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size(setup, batch_size):
     corpus, vocab, _ = setup
-    model = make_model(len(vocab))
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.zero_()
+    model = uniform_model(len(vocab))
     tokens = split_corpus(corpus, vocab)["test"]
     result = evaluate_tokens(model, tokens, batch_size=batch_size, window=7)
     assert result.n_targets == tokens.numel() - 1  # every target counted exactly once
@@ -126,7 +134,7 @@ def test_too_few_tokens_is_a_usage_error(setup):
         evaluate_tokens(model, torch.tensor([3]))
 
 
-def test_cudnn_checkpoint_evaluates_the_same_with_triton(setup, ckpt):
+def test_torch_checkpoint_evaluates_the_same_with_triton(setup, ckpt):
     from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
 
     corpus, vocab, _ = setup
@@ -143,11 +151,7 @@ def test_cudnn_checkpoint_evaluates_the_same_with_triton(setup, ckpt):
 
 def test_evaluate_cli_end_to_end(setup, tmp_path):
     corpus, vocab, settings = setup
-    model = make_model(len(vocab))
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.zero_()
-    path = write_checkpoint(tmp_path / "zero.pt", model, vocab, settings, corpus)
+    path = write_checkpoint(tmp_path / "zero.pt", uniform_model(len(vocab)), vocab, settings, corpus)
     proc = run_cli("rnnlm.evaluate", path, "--split", "valid", "--backend", "cudnn")
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"valid perplexity: ([0-9.]+) \((\d+) tokens", proc.stdout)
@@ -210,17 +214,17 @@ def test_stepper_logits_equal_the_models_forward(setup, monkeypatch, input_table
     """With layer 0's input looked up in its (V, H) table, and computed each step (a vocabulary too large for it)."""
     vocab = setup[1]
     if not input_table:
-        monkeypatch.setattr(gen, "INPUT_TABLE_MAX_BYTES", 0)
+        monkeypatch.setattr(stepper, "INPUT_TABLE_MAX_BYTES", 0)
     for nonlinearity in ("tanh", "relu"):
         model = make_model(len(vocab), nonlinearity=nonlinearity)
         seq = torch.randint(0, len(vocab), (3, 9), generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             ref, _ = model(seq)
             logits, hidden = model(seq[:, :4])
-            stepper = gen._TorchStepper(model, hidden)
-            assert (stepper.w.input_table is not None) == input_table
+            steps = stepper.TorchStepper(model, hidden)
+            assert (steps.w.input_table is not None) == input_table
             for t in range(4, 9):
-                torch.testing.assert_close(stepper.step(seq[:, t]), ref[:, t], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(steps.step(seq[:, t]), ref[:, t], rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_is_the_argmax_of_the_models_next_word_logits(setup):
@@ -258,10 +262,10 @@ def test_fp16_output_layer_stays_close_to_fp32(setup, monkeypatch):
     with torch.no_grad():
         ref, hidden = model(seq[:, :3])
         ref, _ = model(seq[:, 3:], hidden)
-        stepper = gen._TorchStepper(model, hidden, "fp16")
+        steps = stepper.TorchStepper(model, hidden, "fp16")
         for t in range(3, 6):
-            got = stepper.step(seq[:, t])
-            if stepper.w.fc_fp16 is None:
+            got = steps.step(seq[:, t])
+            if steps.w.fc_fp16 is None:
                 pytest.skip("fbgemm fp16 is not available on this machine")
             assert (got - ref[:, t - 3]).abs().max() < 2e-3
     a = generate_ids(model, [4, 5], 20, seed=1, output_precision="fp16")
@@ -272,9 +276,9 @@ def test_fp16_output_layer_stays_close_to_fp32(setup, monkeypatch):
         return (generate_ids(model, [4, 5], 20, seed=1, **kwargs).tolist()
                 == generate_ids(model, [4, 5], 20, seed=1, output_precision=precision, **kwargs).tolist())
 
-    assert model.fc.weight.numel() < gen.INT8_MIN_OUTPUT_WEIGHTS
+    assert model.fc.weight.numel() < precision.INT8_MIN_OUTPUT_WEIGHTS
     assert auto_is("fp16", temperature=0.8)                                  # a small output layer
-    monkeypatch.setattr(gen, "INT8_MIN_OUTPUT_WEIGHTS", 0)
+    monkeypatch.setattr(precision, "INT8_MIN_OUTPUT_WEIGHTS", 0)
     assert auto_is("int8", temperature=0.8)
     assert auto_is("fp16", temperature=0.3) and auto_is("fp16", top_k=5) and auto_is("fp16", num_samples=3)
     assert not auto_is("int8", temperature=0.3)                               # the two paths do differ
@@ -286,12 +290,12 @@ def test_fp16_output_layer_stays_close_to_fp32(setup, monkeypatch):
 
 # -- the int8 envelope: exact draws from the fp32 softmax while reading int8 weights ---------------------------
 
-def envelope_for(v: int, h: int, seed: int = 0) -> gen._Int8Envelope:
+def envelope_for(v: int, h: int, seed: int = 0) -> int8_envelope.Int8Envelope:
     """An envelope over a (v, h) layer whose rows differ in scale (per-row quantization steps differ)."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(v, h, generator=g) * torch.rand(v, 1, generator=g) * 0.3
     bias = torch.randn(v, generator=g) * 0.5
-    envelope = gen._int8_envelope(weight, bias)
+    envelope = int8_envelope.int8_envelope(weight, bias)
     if envelope is None:
         pytest.skip("fbgemm int8 is not available on this machine")
     return envelope
@@ -354,7 +358,7 @@ def test_int8_envelope_at_a_very_low_temperature_stays_exact():
     envelope = envelope_for(300, 32)
     x = torch.tanh(torch.randn(8, 32, generator=torch.Generator().manual_seed(8)) * 2)
     exact = torch.addmm(envelope.bias, x, envelope.weight.t())
-    for temperature in (1e-3, gen.MIN_TEMPERATURE):
+    for temperature in (1e-3, MIN_TEMPERATURE):
         out = torch.empty(8, 1, dtype=torch.int64)
         envelope.draw(x, 1 / temperature, torch.Generator().manual_seed(9), out)
         assert out.view(-1).tolist() == exact.argmax(-1).tolist()
@@ -364,12 +368,12 @@ def test_int8_envelope_at_a_very_low_temperature_stays_exact():
 def test_prepared_weights_follow_parameter_updates(setup):
     vocab = setup[1]
     model = make_model(len(vocab))
-    first = gen._step_weights(model, "fp32")
-    assert gen._step_weights(model, "fp32") is first  # reused while the parameters are unchanged
+    first = stepper.step_weights(model, "fp32")
+    assert stepper.step_weights(model, "fp32") is first  # reused while the parameters are unchanged
     before = generate_ids(model, [3, 4], 6, greedy=True)
     with torch.no_grad():
         model.fc.bias[before[0, 0]] -= 100.0  # an in-place update, as an optimizer step makes
-    assert gen._step_weights(model, "fp32") is not first
+    assert stepper.step_weights(model, "fp32") is not first
     after = generate_ids(model, [3, 4], 6, greedy=True)
     assert after[0, 0] != before[0, 0]
     seq = torch.tensor([3, 4] + after[0].tolist()).view(1, -1)
@@ -402,9 +406,9 @@ def test_long_prompt_is_read_in_chunks_with_the_same_result(setup, monkeypatch):
     model = make_model(len(vocab))
     prompt = torch.randint(2, len(vocab), (700,), generator=torch.Generator().manual_seed(0)).tolist()
     whole = generate_ids(model, prompt, 8, greedy=True)
-    monkeypatch.setattr(gen, "PRIME_CHUNK", 64)
+    monkeypatch.setattr(stepper, "PRIME_CHUNK", 64)
     with torch.no_grad():
-        logits_c, hidden_c = gen.prime(model, prompt, torch.device("cpu"))
+        logits_c, hidden_c = stepper.prime(model, prompt, torch.device("cpu"))
         logits, hidden = model(torch.tensor(prompt).view(1, -1))
     torch.testing.assert_close(logits_c, logits[:, -1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hidden_c, hidden, rtol=1e-5, atol=1e-5)
@@ -423,9 +427,9 @@ def test_prompt_of_unknown_words_and_empty_prompt(setup):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"temperature": -1.0}, "--greedy"), ({"temperature": float("nan")}, "--greedy"),
-    ({"temperature": float("inf")}, "--greedy"), ({"top_k": 0}, "top-k"), ({"top_p": 0.0}, "top-p"),
-    ({"top_p": 1.5}, "top-p"), ({"num_samples": 0}, "num_samples"), ({"length": 0}, "length")])
+    ({"temperature": -1.0}, "use greedy"), ({"temperature": float("nan")}, "use greedy"),
+    ({"temperature": float("inf")}, "use greedy"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"num_samples": 0}, "num_samples"), ({"length": 0}, "length")])
 def test_bad_generation_settings(setup, kwargs, match):
     model = make_model(len(setup[1]))
     with pytest.raises(UsageError, match=match):

@@ -1,4 +1,4 @@
-"""WordRNN: shapes, configuration errors, loss reductions, autocast, and the cudnn <-> triton switch."""
+"""WordRNN: shapes, configuration errors, loss reductions, autocast, and the torch <-> triton switch."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnlm.errors import UsageError
-from rnnlm.model import ModelConfig, WordRNN, resolve_backend, resolve_device
+from rnnlm.backends import resolve_backend
+from rnnlm.model import ModelConfig, WordRNN, resolve_device
 
 V, E, H = 120, 16, 32
 
@@ -63,7 +64,7 @@ def test_tied_weights_share_one_matrix():
 
 
 def test_tied_weights_need_equal_sizes():
-    with pytest.raises(UsageError, match="tie_weights needs embed_size == hidden_size"):
+    with pytest.raises(UsageError, match="tie_weights needs embed_size equal to hidden_size"):
         make_model(embed_size=16, hidden_size=32, tie_weights=True)
 
 
@@ -123,9 +124,10 @@ def test_autocast_bf16_trains_and_keeps_the_state_fp32():
 def test_resolve_backend_default_and_choice_logged(caplog):
     with caplog.at_level(logging.INFO, logger="rnnlm.model"):
         chosen = resolve_backend(None, "cpu")
-    assert chosen == "cudnn"  # never triton on a CPU device, where the kernels would be interpreted
-    assert "backend: cudnn" in caplog.text
+    assert chosen == "torch"  # never triton on a CPU device, where the kernels would be interpreted
+    assert "backend: torch" in caplog.text
     assert resolve_backend("triton", "cpu") == "triton"
+    assert resolve_backend("cudnn", "cpu") == "torch"  # the torch backend's former name still works
     with pytest.raises(UsageError, match="backend must be one of"):
         resolve_backend("tpu", "cpu")
     with pytest.raises(UsageError, match="backend must be one of"):
@@ -151,7 +153,7 @@ def test_triton_without_kernels_is_a_clear_error_not_a_fallback(monkeypatch):
     model = make_model()
     with pytest.raises(UsageError):
         model.backend = "triton"
-    assert model.backend == "cudnn"  # a failed switch leaves the model as it was
+    assert model.backend.name == "torch"  # a failed switch leaves the model as it was
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -175,7 +177,7 @@ def test_twenty_training_steps_agree_across_backends():
     x = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(1))
     y = torch.roll(x, -1, 1)
     losses = {}
-    for backend in ("cudnn", "triton"):
+    for backend in ("torch", "triton"):
         model = make_model(seed=3)
         model.backend = backend
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -187,4 +189,4 @@ def test_twenty_training_steps_agree_across_backends():
             loss.backward()
             opt.step()
         losses[backend] = loss.item()
-    assert losses["triton"] == pytest.approx(losses["cudnn"], rel=1e-4)
+    assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-4)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from rnnlm import report as rep
+from rnnlm.errors import UsageError
+from rnnlm.report import parity
 
 SHAPES = {  # tiny sizes, so that the parity check (interpreted kernels) stays fast
     "small": dict(batch_size=4, seq_len=3, embed_size=8, hidden_size=8, num_layers=1, vocab_size=50),
@@ -77,7 +79,7 @@ def run_main(argv):
     """main() as run_cli would: (exit code, UsageError message or None)."""
     try:
         return rep.main([str(a) for a in argv]), None
-    except rep.UsageError as err:
+    except UsageError as err:
         return 2, str(err)
 
 
@@ -189,7 +191,7 @@ def test_report_with_sweep_shapes(tmp_path, monkeypatch):
         checked.append(sizes)
         return {"forward_max_abs": 1e-15, "forward_rel": 1e-16, "grad_max_abs": 1e-14, "grad_rel": 1e-15}
 
-    monkeypatch.setattr(rep, "rnn_parity", fake_parity)
+    monkeypatch.setattr(parity, "rnn_parity", fake_parity)
     data = bench_shapes_json(SWEPT)
     out = tmp_path / "o"
     code, _ = run_main([write(tmp_path, data), "--out", out, "--no-compile"])

@@ -7,9 +7,8 @@ import torch
 
 from rnnlm import train
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.errors import run_cli
 
-from test_train import TINY, read_metrics, run_train, _cli_error
+from test_train import read_metrics, run_train, _cli_error
 
 # Short epochs, so that runs cross epoch boundaries: the tiny corpus's training split (5,289 tokens) makes 21
 # windows per epoch as 32 streams of 8 tokens, and 20 batches per epoch of 256 random windows of 8 tokens.

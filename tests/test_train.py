@@ -1,4 +1,4 @@
-"""rnnlm.train: the fused output layer + loss, the CLI end to end on a tiny corpus, bad input, guards."""
+"""rnnlm.train: the training loss, the CLI end to end on a tiny corpus, bad input, guards."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rnnlm import train
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.errors import run_cli
+from rnnlm.model import ModelConfig, WordRNN
+from rnnlm.training.signals import INTERRUPTED_EXIT
 
 TINY = ["--embed-size", "16", "--hidden-size", "32", "--seq-len", "8", "--batch-size", "4",
         "--no-progress", "--sample-length", "5"]
@@ -36,68 +37,11 @@ def read_metrics(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-# -- linear_cross_entropy -------------------------------------------------------------------------------------
-
-def _reference(h, w, b, y):
-    return F.cross_entropy(F.linear(h, w, b), y)
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("n,hdim,vocab", [(37, 24, 101), (128, 64, 1000), (1, 5, 3)])
-def test_linear_cross_entropy_matches_torch(dtype, tol, n, hdim, vocab):
-    gen = torch.Generator().manual_seed(n)
-    h = torch.randn(n, hdim, generator=gen, dtype=dtype, requires_grad=True)
-    w = (torch.randn(vocab, hdim, generator=gen, dtype=dtype) * 0.3).requires_grad_()
-    b = torch.randn(vocab, generator=gen, dtype=dtype, requires_grad=True)
-    y = torch.randint(0, vocab, (n,), generator=gen)
-    loss = train.linear_cross_entropy(h, w, b, y)
-    (loss * 1.7).backward()                      # a non-unit upstream gradient
-    got = (loss.detach(), h.grad, w.grad, b.grad)
-    h.grad = w.grad = b.grad = None
-    want_loss = _reference(h, w, b, y)
-    (want_loss * 1.7).backward()
-    want = (want_loss.detach(), h.grad, w.grad, b.grad)
-    for name, g, e in zip(("loss", "dh", "dW", "db"), got, want):
-        assert g.dtype == e.dtype and g.shape == e.shape, name
-        assert g.is_contiguous(), name
-        torch.testing.assert_close(g, e, rtol=tol, atol=tol, msg=name)
-
-
-def test_linear_cross_entropy_bf16_close_to_fp32():
-    gen = torch.Generator().manual_seed(0)
-    h = torch.randn(256, 64, generator=gen, requires_grad=True)
-    w = (torch.randn(500, 64, generator=gen) * 0.2).requires_grad_()
-    y = torch.randint(0, 500, (256,), generator=gen)
-    loss = train.linear_cross_entropy(h, w, None, y, compute_dtype=torch.bfloat16)
-    loss.backward()
-    assert loss.dtype == torch.float32 and h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
-    ref = _reference(h, w, None, y)
-    dh, dw = torch.autograd.grad(ref, (h, w))
-    assert abs(loss.item() - ref.item()) < 0.02 * ref.item()
-    assert torch.nn.functional.cosine_similarity(h.grad.flatten(), dh.flatten(), dim=0) > 0.99
-    assert torch.nn.functional.cosine_similarity(w.grad.flatten(), dw.flatten(), dim=0) > 0.99
-
-
-def test_linear_cross_entropy_tied_weights_accumulate():
-    """The same matrix as input embedding and output layer: both gradients add up."""
-    gen = torch.Generator().manual_seed(1)
-    emb = torch.randn(50, 16, generator=gen, requires_grad=True)
-    x = torch.randint(0, 50, (30,), generator=gen)
-    y = torch.randint(0, 50, (30,), generator=gen)
-    train.linear_cross_entropy(torch.tanh(emb[x]), emb, None, y).backward()
-    got = emb.grad
-    emb.grad = None
-    _reference(torch.tanh(emb[x]), emb, None, y).backward()
-    torch.testing.assert_close(got, emb.grad, rtol=2e-5, atol=2e-6)
-
-
 def test_training_loss_equals_model_loss():
-    from rnnlm.model import ModelConfig, WordRNN
-
     torch.manual_seed(0)
     model = WordRNN(ModelConfig(vocab_size=60, embed_size=8, hidden_size=12))
     x, y = torch.randint(0, 60, (3, 5)), torch.randint(0, 60, (3, 5))
-    got, h1 = train.training_loss(model, x, y, None, None)
+    got, h1 = model.training_loss(x, y, None, None)
     want, h2 = model.loss(x, y, None)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert torch.equal(h1, h2)
@@ -157,6 +101,17 @@ def test_stream_batching_and_small_vocab(tiny_corpus, tmp_path, capsys):
     assert 3 < len(last["vocab"]) < 1000
     assert last["model_config"]["vocab_size"] == len(last["vocab"])
     assert "sample:" not in capsys.readouterr().out
+
+
+def test_cudnn_is_the_torch_backend_and_the_library_that_ran_is_printed(tiny_corpus, tmp_path, capsys):
+    """--backend cudnn (the torch backend's former name) trains, and a checkpoint that stores it resumes."""
+    out = tmp_path / "run"
+    run_train(tiny_corpus, out, "--backend", "cudnn", "--max-steps", 2, "--eval-every", 2, "--sample-length", 0)
+    assert "backend torch (nn.RNN on ATen, CPU)" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.pt")["train_config"]["backend"] == "cudnn"
+    assert train.main(["--resume", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    assert "backend torch (nn.RNN on ATen, CPU)" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.pt")["step"] == 3
 
 
 # -- bad input: one line, exit code 2 ---------------------------------------------------------------------------
@@ -231,8 +186,8 @@ def test_missing_corpus(tmp_path, capsys):
 # -- guards -----------------------------------------------------------------------------------------------------
 
 def _poison_at(monkeypatch, bad_step: int, where: str):
-    """train.training_loss returning a NaN loss, or a NaN gradient, at call number bad_step."""
-    real = train.training_loss
+    """WordRNN.training_loss returning a NaN loss, or a NaN gradient, at call number bad_step."""
+    real = WordRNN.training_loss
     calls = {"n": 0}
 
     def poisoned(model, x, y, hidden, dtype):
@@ -245,7 +200,7 @@ def _poison_at(monkeypatch, bad_step: int, where: str):
                 loss.register_hook(lambda g: g * float("inf"))
         return loss, h
 
-    monkeypatch.setattr(train, "training_loss", poisoned)
+    monkeypatch.setattr(WordRNN, "training_loss", poisoned)
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])
@@ -312,7 +267,7 @@ def test_sigint_saves_and_exits_cleanly(tiny_corpus, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == train.INTERRUPTED_EXIT, stderr
+    assert proc.returncode == INTERRUPTED_EXIT, stderr
     assert "Traceback" not in stderr
     assert f"python -m rnnlm.train --resume {out}" in stderr
     last = load_checkpoint(out / "last.pt")

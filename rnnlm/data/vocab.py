@@ -1,0 +1,118 @@
+"""The vocabulary (words by frequency, <pad> and <unk> first) and the train / valid / test split of a corpus."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from rnnlm.data.corpus import Corpus
+from rnnlm.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+PAD = "<pad>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
+
+
+class Vocab:
+    """itos[0] = <pad>, itos[1] = <unk>, then words by count (descending), ties by the word (ascending)."""
+    pad_id = 0
+    unk_id = 1
+
+    def __init__(self, itos: Sequence[str]):
+        itos = list(itos)
+        if len(itos) < 2 or itos[0] != PAD or itos[1] != UNK:
+            raise UsageError(f"invalid vocabulary: it must start with {PAD}, {UNK}")
+        if not all(isinstance(w, str) and w for w in itos):
+            raise UsageError("invalid vocabulary: every entry must be a non-empty string")
+        self.itos: list[str] = itos
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(itos)}
+        if len(self.stoi) != len(itos):
+            raise UsageError("invalid vocabulary: it has duplicate entries")
+
+    @classmethod
+    def build(cls, corpus_or_counts: "Corpus | Mapping[str, int]", size: int) -> "Vocab":
+        """The `size - 2` most frequent words plus <pad>, <unk> (fewer if the corpus has fewer words)."""
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+            raise UsageError(f"vocabulary size must be an integer >= 2 (it includes {PAD} and {UNK}), got {size!r}")
+        if isinstance(corpus_or_counts, Corpus):
+            words, counts = corpus_or_counts.lexicon, np.asarray(corpus_or_counts.counts, dtype=np.int64)
+        elif isinstance(corpus_or_counts, Mapping):
+            words = list(corpus_or_counts)
+            counts = np.fromiter((int(c) for c in corpus_or_counts.values()), dtype=np.int64, count=len(words))
+        else:
+            raise TypeError(f"Vocab.build needs a Corpus or a word -> count mapping, got {type(corpus_or_counts).__name__}")
+        k = int(size) - 2
+        cand = np.flatnonzero(counts > 0)
+        cand = np.array([i for i in cand.tolist() if words[i] not in (PAD, UNK)], dtype=np.int64)
+        if len(cand) > k:
+            # Everything at least as frequent as the k-th word; the exact order (with ties) is sorted below.
+            kth = np.partition(counts[cand], len(cand) - k)[len(cand) - k] if k > 0 else np.inf
+            cand = cand[counts[cand] >= kth]
+        cnt = counts.tolist()
+        chosen = sorted(cand.tolist(), key=lambda i: (-cnt[i], words[i]))[:k]
+        if len(chosen) < k:
+            log.warning("vocabulary: asked for %d entries, the corpus has only %d distinct words: using %d "
+                        "(with %s, %s)", size, len(chosen), len(chosen) + 2, PAD, UNK)
+        return cls([PAD, UNK] + [words[i] for i in chosen])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} entries)"
+
+    def encode(self, words: Sequence[str]) -> list[int]:
+        get, unk = self.stoi.get, self.unk_id
+        return [get(w, unk) for w in words]
+
+    def decode(self, ids) -> str:
+        """Words joined without spaces (Chinese); <pad> is skipped."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return "".join(self.itos[i] for i in ids if i != self.pad_id)
+
+    def to_list(self) -> list[str]:
+        return list(self.itos)
+
+    @classmethod
+    def from_list(cls, itos: Sequence[str]) -> "Vocab":
+        return cls(itos)
+
+    def lookup_table(self, corpus: Corpus) -> np.ndarray:
+        """int64 (len(corpus.lexicon),): vocabulary id of each lexicon word (<unk> if absent)."""
+        get, unk = self.stoi.get, self.unk_id
+        return np.fromiter((get(w, unk) for w in corpus.lexicon), dtype=np.int64, count=len(corpus.lexicon))
+
+
+def split_corpus(corpus: Corpus, vocab: Vocab, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, torch.Tensor]:
+    """Vocabulary ids (int64, 1-D) of three contiguous blocks of lines: the first fractions[0] of the
+    lines are "train", the next fractions[1] "valid", the rest "test". A corpus with too few lines for
+    that (one long line, say) is split at token positions instead, still contiguous, with a warning."""
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6 or fr[0] <= 0:
+        raise UsageError(f"split fractions must be three non-negative numbers summing to 1 with train > 0, got {tuple(fractions)}")
+    ids = vocab.lookup_table(corpus)[corpus.ids]          # int64 (n_tokens,)
+    n_lines, n = corpus.n_lines, len(ids)
+    b1 = round(n_lines * fr[0])
+    b2 = min(n_lines, max(b1, round(n_lines * (fr[0] + fr[1]))))
+    cuts = [0, int(corpus.line_offsets[b1]), int(corpus.line_offsets[b2]), n]
+    if any(f > 0 and cuts[i + 1] == cuts[i] for i, f in enumerate(fr)):
+        t1 = round(n * fr[0])
+        t2 = min(n, max(t1, round(n * (fr[0] + fr[1]))))
+        cuts = [0, t1, t2, n]
+        log.warning("corpus %s has too few lines (%d) to split by lines: split by tokens instead (%d/%d/%d)",
+                    corpus.path, n_lines, t1, t2 - t1, n - t2)
+    return {name: torch.from_numpy(ids[cuts[i]:cuts[i + 1]]) for i, name in enumerate(SPLITS)}
+

@@ -1,0 +1,79 @@
+"""Perplexity computed exactly: every target of a token sequence predicted once, from all the tokens before it.
+
+perplexity = exp(sum of the negative log-likelihoods of every target / number of targets). A sequence of N tokens
+has N - 1 targets. It is cut into B contiguous streams of S = (N - 1) // B targets, read window by window with the
+hidden state carried from one window to the next, and the r = (N - 1) - B*S targets left at the end continue the
+last stream (its state carried over) as a batch of one. Sums are accumulated in float64, so the result is a ratio
+of totals, never a mean of batch means. With batch_size 1 the whole sequence is one stream.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rnnlm.checks import positive_int
+from rnnlm.errors import UsageError
+from rnnlm.model import WordRNN
+
+WINDOW = 128  # time steps per forward; the result does not depend on it (the state is carried exactly)
+
+
+@dataclass
+class EvalResult:
+    perplexity: float
+    nll_sum: float  # total negative log-likelihood (nats), float64
+    n_targets: int  # tokens predicted: N - 1 for a sequence of N
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.n_targets
+
+
+def _stream_nll(model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None,
+                window: int) -> tuple[float, torch.Tensor]:
+    """Sum of NLL over x, y (B, S) read window by window with the state carried; (sum, final hidden)."""
+    total = 0.0
+    for start in range(0, x.shape[1], window):
+        loss, hidden = model.loss(x[:, start:start + window], y[:, start:start + window], hidden, reduction="sum")
+        total += float(loss.double())
+    return total, hidden
+
+
+def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, window: int = WINDOW) -> EvalResult:
+    """Exact perplexity of `model` on the 1-D int64 token ids `tokens` (every one of the N - 1 targets once).
+
+    Runs in eval mode under torch.inference_mode on the model's device and backend, in the parameters' dtype
+    (no autocast); the model's training flag is restored afterwards.
+    """
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+    n = tokens.numel()
+    if n < 2:
+        raise UsageError(f"cannot measure perplexity on {n} token(s): at least 2 are needed (one to predict)")
+    positive_int("batch_size", batch_size)
+    device = model.fc.weight.device
+    tokens = tokens.to(device=device, dtype=torch.int64)
+    n_targets = n - 1
+    b = min(int(batch_size), n_targets)
+    s = n_targets // b
+    rest = n_targets - b * s
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            x = tokens[: b * s].view(b, s)
+            y = tokens[1: b * s + 1].view(b, s)
+            total, hidden = _stream_nll(model, x, y, None, window)
+            if rest:
+                # The leftover targets follow the last stream: continue it from its final state.
+                xr = tokens[b * s: n - 1].view(1, rest)
+                yr = tokens[b * s + 1:].view(1, rest)
+                extra, _ = _stream_nll(model, xr, yr, hidden[:, -1:].contiguous(), window)
+                total += extra
+    finally:
+        model.train(was_training)
+    return EvalResult(perplexity=math.exp(total / n_targets), nll_sum=total, n_targets=n_targets)
+

@@ -1,0 +1,125 @@
+"""The output layer and the cross-entropy loss fused: mean_i CE(h_i Wᵀ + b, y_i), forward and backward.
+
+Why: on the torch backend the output layer is most of a training step (three (B·T) × H × V products, 13 GFLOP
+each for the default model), and the (B·T, V) logits are the step's largest buffer. Here that buffer is written
+once: the forward pass turns the logits in place into log-softmax (fp32) and then into softmax − onehot, which
+is N · dloss/dlogits, kept for the backward pass:
+
+    forward   z = h Wᵀ + b                      (N, V), in compute_dtype
+              z <- log_softmax(z)               in place, fp32 at least
+              loss = −mean_i z[i, y_i]
+              G = exp(z) − onehot(y)            in place, then cast to compute_dtype
+    backward  with g = upstream / N: dh = g · G W,  dW = g · Gᵀ h,  db = g · Σ_i G_i
+
+The three products run on oneDNN where it is available and gives correct results for these layouts (probed
+once per dtype), else on torch's matmul; under bf16 they run in bf16 while the log-softmax stays fp32.
+`linear_cross_entropy_reference` is the same loss in plain PyTorch, for tests and benchmarks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_reference"]
+
+_ONEDNN_OK: dict[torch.dtype, bool] = {}
+
+
+def _onednn_linear():
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+def _onednn_gives_right_answers(dtype: torch.dtype) -> bool:
+    """Runs oneDNN's linear on the three layouts used here against float64 products (small shapes)."""
+    op = _onednn_linear()
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a, w, g = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((5, 7), (9, 7), (5, 9)))
+        b = torch.randn(9, generator=gen, dtype=torch.float64)
+        lo = [v.to(dtype) for v in (a, w, g, b)]
+        got = [op(lo[0], lo[1], lo[3], "none", [], ""), op(lo[2], lo[1].t(), None, "none", [], ""),
+               op(lo[0].t(), lo[2].t(), None, "none", [], "")]
+        want = [a @ w.t() + b, g @ w, a.t() @ g]
+        tol = 1e-4 if dtype == torch.float32 else 0.1
+        return all(r.shape == e.shape and torch.allclose(r.double(), e, rtol=tol, atol=tol * 10)
+                   for r, e in zip(got, want))
+    except Exception:  # an op missing or refusing these layouts: use torch's matmul
+        return False
+
+
+def _use_onednn(t: torch.Tensor) -> bool:
+    """True when oneDNN's linear runs here and gives the right answer for t's dtype (probed once)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if t.dtype not in _ONEDNN_OK:
+        _ONEDNN_OK[t.dtype] = _onednn_gives_right_answers(t.dtype)
+    return _ONEDNN_OK[t.dtype]
+
+
+def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a (M, K) @ b (N, K)ᵀ (+ bias (N,)) -> (M, N), on oneDNN when it works here, else torch."""
+    if _use_onednn(a):
+        return _onednn_linear()(a, b, bias, "none", [], "")
+    return F.linear(a, b, bias)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The fused op (see the module docstring); keeps h, W in compute_dtype and G for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, compute_dtype):
+        with torch.autocast(h.device.type, enabled=False):
+            hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
+            bc = bias.to(compute_dtype) if bias is not None else None
+            logits = _mm_nt(hc, wc, bc)                                    # (N, V)
+            if logits.dtype in (torch.bfloat16, torch.float16):
+                logits = logits.float()                                    # the softmax in fp32 at least
+            torch._log_softmax(logits, 1, False, out=logits)               # in place
+            idx = targets.view(-1, 1)
+            picked = logits.gather(1, idx)                                 # (N, 1) log p(y_i)
+            loss = picked.sum().neg_().div_(h.shape[0])
+            grad = logits.exp_()                                           # softmax, in place
+            grad.scatter_add_(1, idx, torch.full_like(picked, -1.0))       # - onehot
+            if grad.dtype != compute_dtype:
+                grad = grad.to(compute_dtype)
+        ctx.save_for_backward(hc, wc, grad)
+        ctx.has_bias = bias is not None
+        ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hc, wc, grad = ctx.saved_tensors
+        scale = grad_loss / hc.shape[0]
+        dh = dw = db = None
+        with torch.autocast(hc.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                dh = _mm_nt(grad, wc.t()).to(ctx.h_dtype).mul_(scale)       # (N, V) @ (V, H)
+            if ctx.needs_input_grad[1]:
+                dwt = _mm_nt(hc.t(), grad.t())                             # (H, N) @ (N, V) = dWᵀ
+                dw = torch.empty(dwt.shape[::-1], dtype=ctx.w_dtype, device=dwt.device)
+                torch.mul(dwt.t(), scale, out=dw)                          # transpose + scale, one pass
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                acc = torch.float32 if grad.dtype in (torch.bfloat16, torch.float16) else grad.dtype
+                db = grad.sum(0, dtype=acc).mul_(scale).to(ctx.w_dtype)
+        return dh, dw, db, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                         compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """F.cross_entropy(F.linear(h, weight, bias), targets) (mean) without keeping the (N, V) logits twice.
+
+    h (N, H), weight (V, H), bias (V,) or None, targets (N,) int64 -> scalar fp32 loss. compute_dtype: the
+    dtype of the three products (default: weight's); the log-softmax is always fp32.
+    """
+    if h.dim() != 2 or targets.shape != h.shape[:1]:
+        raise ValueError(f"h must be (N, H) and targets (N,), got {tuple(h.shape)} and {tuple(targets.shape)}")
+    return _LinearCrossEntropy.apply(h, weight, bias, targets, compute_dtype or weight.dtype)
+
+
+def linear_cross_entropy_reference(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                   targets: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch: the logits, then torch's cross-entropy (mean over the N targets)."""
+    return F.cross_entropy(F.linear(h, weight, bias), targets)

@@ -1,0 +1,33 @@
+"""What training reports between evaluations: the mean loss and tokens/s of the steps since the last report."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf where that overflows."""
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+class TrainingWindow:
+    """The steps since the last report: their summed loss (float64 on the device: no sync per step) and tokens."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.steps, self.tokens, self.started = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.tokens += tokens
+
+    def summary(self) -> tuple[float, float]:
+        """(mean loss, tokens/s) of the window; call only when it has steps."""
+        return float(self.loss_sum) / self.steps, self.tokens / max(time.perf_counter() - self.started, 1e-9)

@@ -1,0 +1,89 @@
+"""Resuming a run from its last.pt: which checkpoint, which options, and whether it is still the same run.
+
+A resumed run continues exactly: model, optimizer, step, epoch, position in the data, the carried hidden state
+and every random state (rnnlm.training.rng), so N steps + resume + M steps gives the same weights, bit for bit
+on the CPU, as N + M steps in one go. Options that define what is trained (FIXED_ON_RESUME, the corpus's
+content, the vocabulary and the model's shape) must match the checkpoint, and every difference is listed;
+options that only steer the run (--epochs, --max-steps, --time-budget, --eval-every, --lr, ...) may change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from rnnlm.errors import UsageError
+from rnnlm.training.config import TrainConfig
+from rnnlm.training.run_dir import LAST
+
+# The corpus itself is compared by content hash, not by path.
+FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "batching", "seq_len", "batch_size", "embed_size",
+                   "hidden_size", "num_layers", "nonlinearity", "dropout", "tie_weights", "seed")
+
+
+def resume_file(resume: str) -> Path:
+    """The checkpoint to resume: `resume` itself when it is a file, else its last.pt."""
+    p = Path(resume)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise UsageError(f"cannot resume: {p} does not exist")
+    if not (p / LAST).exists():
+        raise UsageError(f"cannot resume: {p} has no {LAST} (give the {{out}} folder of an earlier run)",
+                         params=("out",))
+    return p / LAST
+
+
+def resume_config(cfg: TrainConfig, explicit: set[str], payload: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's training config with the options in `explicit` taken from cfg; UsageError listing every
+    option that defines the run and differs from the checkpoint's."""
+    saved = payload.get("train_config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{cfg.resume} holds no training config: it was not written by rnnlm.train")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    differ = [name for name in FIXED_ON_RESUME if name in explicit and getattr(cfg, name) != getattr(base, name)]
+    if differ:
+        diffs = [f"{{{name}}} {getattr(base, name)!r} in the checkpoint, {getattr(cfg, name)!r} given"
+                 for name in differ]
+        raise UsageError(f"cannot resume {cfg.resume}: " + "; ".join(diffs), params=differ)
+    merged = dataclasses.replace(base, **{k: getattr(cfg, k) for k in explicit if k in names})
+    merged.resume = cfg.resume
+    if "out" not in explicit:
+        path = Path(cfg.resume)
+        merged.out = str(path.parent if path.is_file() else path)
+    return merged
+
+
+def corpus_path(cfg: TrainConfig, payload: dict[str, Any] | None) -> str | None:
+    """The corpus to read: cfg.data, else on resume the checkpoint's (None: the default corpus)."""
+    if payload is None or cfg.data is not None:
+        return cfg.data
+    path = (payload.get("corpus") or {}).get("path")
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"cannot resume: the corpus {path} is not there; give it as {{data}}", params=("data",))
+    return path
+
+
+def check_same_run(payload: dict[str, Any], corpus, settings, vocab, model_config) -> None:
+    """UsageError listing what differs between the checkpoint and the data / model built now."""
+    diffs = []
+    saved_corpus = payload.get("corpus") or {}
+    if saved_corpus.get("content_hash") != corpus.content_hash:
+        diffs.append(f"corpus content differs ({saved_corpus.get('path') or 'default corpus'} hashed "
+                     f"{str(saved_corpus.get('content_hash'))[:12]}, now {corpus.path} hashes "
+                     f"{corpus.content_hash[:12]})")
+    if payload.get("tokenizer") != settings.to_dict():
+        diffs.append(f"tokenizer settings {payload.get('tokenizer')} in the checkpoint, {settings.to_dict()} now")
+    saved_vocab = payload.get("vocab")
+    if saved_vocab != vocab.to_list():
+        n_saved = len(saved_vocab) if isinstance(saved_vocab, list) else "?"
+        diffs.append(f"vocabulary differs ({n_saved} entries in the checkpoint, {len(vocab)} built now)")
+    now = model_config.to_dict()
+    if payload.get("model_config") != now:
+        saved = payload.get("model_config") or {}
+        parts = [f"{k} {saved.get(k)!r} vs {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                 if saved.get(k) != now.get(k)]
+        diffs.append("model shape differs (checkpoint vs now: " + ", ".join(parts) + ")")
+    if diffs:
+        raise UsageError("cannot resume: " + "; ".join(diffs))

@@ -1,0 +1,91 @@
+"""Building a run from its config: the data (corpus, vocabulary, splits, batches) and the model and optimizer,
+fresh or restored from the checkpoint being resumed."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm.data import Corpus, TokenizerSettings, Vocab, load_corpus, make_batches, split_corpus
+from rnnlm.errors import UsageError
+from rnnlm.model import ModelConfig, WordRNN
+from rnnlm.training.config import TrainConfig
+from rnnlm.training.resume import corpus_path
+from rnnlm.training.rng import restore_rng_state, seed_everything
+from rnnlm.training.step import make_optimizer
+
+
+@dataclass
+class RunData:
+    """What a run reads: the tokenized corpus, its vocabulary and splits, and the training batches."""
+
+    corpus: Corpus
+    settings: TokenizerSettings
+    vocab: Vocab
+    splits: dict[str, torch.Tensor]
+    batches: Any  # StreamBatches | WindowBatches, over splits["train"]
+    path: str | None  # the corpus as given (None: the default corpus)
+
+    def corpus_record(self) -> dict[str, Any]:
+        """What a checkpoint stores of the corpus: where it was and what it held."""
+        return {"path": None if self.path is None else str(Path(self.path).resolve()),
+                "content_hash": self.corpus.content_hash}
+
+
+@dataclass
+class Progress:
+    """Where a run is, beyond its weights; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    hidden: torch.Tensor | None = None  # carried between batches (stream batching), (L, B, H)
+    best: float = math.inf  # lowest validation perplexity so far
+    elapsed_before: float = 0.0  # seconds of training before this invocation (resumes add up)
+
+
+def load_data(cfg: TrainConfig, payload: dict[str, Any] | None) -> RunData:
+    """Tokenizes (or reads from the cache) the corpus, builds the vocabulary, the splits and the batches."""
+    settings = TokenizerSettings(hmm=cfg.hmm, encoding_errors=cfg.encoding_errors)
+    path = corpus_path(cfg, payload)
+    corpus = load_corpus(path, settings, progress=cfg.progress)
+    vocab = Vocab.build(corpus, cfg.vocab_size)
+    splits = split_corpus(corpus, vocab)
+    for name in ("valid", "test"):
+        if splits[name].numel() < 2:
+            raise UsageError(f"the corpus is too small: its {name} split has {splits[name].numel()} token(s); "
+                             f"give a corpus with more lines")
+    batches = make_batches(cfg.batching, splits["train"], cfg.batch_size, cfg.seq_len, cfg.seed,
+                           name="training split")
+    return RunData(corpus, settings, vocab, splits, batches, path)
+
+
+def build_model(cfg: TrainConfig, model_config: ModelConfig, backend: str, device: torch.device,
+                payload: dict[str, Any] | None) -> tuple[WordRNN, torch.optim.Optimizer]:
+    """The model and its optimizer: seeded fresh, or with the checkpoint's weights and optimizer state."""
+    if payload is None:
+        seed_everything(cfg.seed)
+    model = WordRNN(model_config, backend=backend).to(device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    if payload is not None:
+        model.load_state_dict(payload["model_state"])
+        optimizer.load_state_dict(payload["optimizer_state"])
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+    return model, optimizer
+
+
+def restore_progress(payload: dict[str, Any] | None, data: RunData, device: torch.device) -> Progress:
+    """Progress from the checkpoint (and the data position and random states with it), or a fresh start."""
+    if payload is None:
+        return Progress()
+    data.batches.load_state_dict(payload["data_state"])
+    hidden = payload.get("hidden")
+    progress = Progress(step=int(payload["step"]), epoch=int(payload["epoch"]),
+                        hidden=None if hidden is None else hidden.to(device),
+                        best=payload.get("best_valid_ppl") or math.inf,
+                        elapsed_before=float(payload.get("elapsed", 0.0)))
+    restore_rng_state(payload["rng_state"])
+    return progress

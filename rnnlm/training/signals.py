@@ -1,0 +1,37 @@
+"""Ctrl-C and SIGTERM during training: finish the step, save last.pt, exit 130; a second Ctrl-C stops at once."""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
+
+
+class StopSignal:
+    """While active, SIGINT / SIGTERM set `received` (checked after every step); a second one raises
+    KeyboardInterrupt."""
+
+    def __init__(self, message: str):
+        self.message = message  # printed on stderr when the first signal arrives
+        self.received: str | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\nrnnlm.train: {self.received} received: {self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._saved[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, Ctrl-C stays a KeyboardInterrupt
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
