@@ -47,10 +47,10 @@ without the barrier, in one of two ways:
   * fallback=None (standalone use, tests): the launcher reads the flag after the launch (on a GPU one host
     synchronisation), and if it is set warns once and reruns the per-step form, whose results are the
     persistent form's bits;
-  * fallback=hook: the launcher hands the flag tensor to hook(flag) right after the launch, and the hook
-    enqueues a rerun that does nothing unless the flag is set (phase 2: kernels/rnn.py's tiled kernel with
-    the flag as a guard argument: one launch, no synchronisation, no new compiled kernel). The host then
-    learns of the timeout from an asynchronous copy of the flag, at a later launch.
+  * fallback=hook: the launcher calls hook(flag, *outputs) right after the launch, and the hook enqueues a
+    rerun into the outputs that does nothing unless the flag is set (phase 2: kernels/rnn.py's tiled kernel
+    with the flag as a guard argument: one launch, no synchronisation, no new compiled kernel). The host
+    then learns of the timeout from an asynchronous copy of the flag, at a later launch.
 (A rerun path compiled into the persistent kernel itself was tried and dropped: its W_hh loop made ptxas
 take 255 registers and spill where the persistent path alone takes 48-170.) Either way a timeout is never
 a hang and never a wrong result, and from then on choose_path() returns "tiled". The launch itself uses
@@ -464,6 +464,7 @@ def choose_path(*, sm_count: int, batch: int, hidden: int, precision: str, dtype
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
 FORMS = ("persistent", "per_step")
+_INTERPRETER_MAX_SPINS = 16
 
 _timed_out = False  # a persistent launch of this process timed out or was refused: choose tiled from now on
 _warned = False
@@ -548,17 +549,22 @@ def _shadow(t: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 def _launch(kernel, args: dict, *, grid, steps: int, form: str, max_spins: int, error_flag: torch.Tensor | None,
-            fallback, device) -> bool:
+            fallback, outputs: tuple, device) -> bool:
     """Runs `steps` steps: one persistent launch, or one launch per step (the kernel boundary is the
     barrier). Returns True when the persistent launch gave up and nobody has rerun it yet: the caller reruns
-    the per-step form. With a `fallback` callable, it is handed the flag right after the persistent launch
-    and must enqueue a rerun that does nothing unless the flag is set; the flag is then read asynchronously."""
+    the per-step form. With a `fallback` hook, fallback(flag, *outputs) is called right after the persistent
+    launch and must enqueue a rerun into `outputs` that does nothing unless the flag is set; the flag is then
+    read asynchronously."""
     if form == "per_step":
         unused = torch.zeros(1, dtype=torch.int32, device=device)
         for s in range(steps):
             kernel[grid](**args, sync_ptr=unused, err_ptr=unused, step=s, stride_sync=0, max_spins=0,
                          PERSISTENT=False)
         return False
+    if _runtime.INTERPRETED and grid[0] > 1:
+        # programs run one after another there: the first barrier of a multi-slice grid can never complete,
+        # so give up after a few polls (each costs ~0.1 ms there) rather than after ~minutes
+        max_spins = min(max_spins, _INTERPRETER_MAX_SPINS)
     # the flag and every (batch tile, step) counter zeroed by one allocation
     sync = torch.zeros(1 + grid[1] * steps, dtype=torch.int32, device=device)
     err = sync[:1] if error_flag is None else error_flag
@@ -573,7 +579,7 @@ def _launch(kernel, args: dict, *, grid, steps: int, form: str, max_spins: int, 
             raise
         err.fill_(1)
     if fallback is not None:
-        fallback(err)
+        fallback(err, *outputs)
         _watch(err)
         return False
     return _flag_set_now(err)
@@ -590,8 +596,9 @@ def persistent_forward(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.Te
     or one slice in the interpreter); form: "persistent" or "per_step" (one launch per step); max_spins: polls
     before a barrier gives up; error_flag: an int32 (1,) tensor to use as the flag (tests preset it to 1 to
     simulate a timeout); fallback: None (read the flag after the launch -- a host synchronisation on a GPU --
-    and, if set, warn once and rerun the per-step form) or fallback(flag), which must enqueue a rerun of this
-    layer that does nothing unless the flag is set (no synchronisation; the flag is read later).
+    and, if set, warn once and rerun the per-step form) or a hook fallback(flag, hs, h_T) that enqueues a
+    rerun of this layer into hs and h_T doing nothing unless the flag is set (no synchronisation; the flag
+    is read later).
     Returns (y (T, B, H) a view of hs, h_T (B, H), hs (T+1, B, H))."""
     if xp.dim() != 3 or xp.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"xp: expected a 3-D float32/float64 tensor, got {xp.dim()}-D {xp.dtype}")
@@ -623,7 +630,8 @@ def persistent_forward(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.Te
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=1)
     grid = (triton.cdiv(H, cfg.block_n), triton.cdiv(B, cfg.block_b))
     _runtime.announce_interpreter_once()
-    run = dict(grid=grid, steps=T, max_spins=max_spins, error_flag=error_flag, fallback=fallback, device=xp.device)
+    run = dict(grid=grid, steps=T, max_spins=max_spins, error_flag=error_flag, fallback=fallback, outputs=(hs, hT),
+               device=xp.device)
     if _launch(_rnn_persistent_fwd_kernel, args, form=form, **run):
         if precision == "bf16":
             ha[0].copy_(_shadow(h0_slot, precision))  # the ring's slot 0 held h_1, h_3, ... by then
@@ -637,8 +645,8 @@ def persistent_backward(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: t
                         form: str = "persistent", max_spins: int = DEFAULT_MAX_SPINS,
                         error_flag: torch.Tensor | None = None, fallback=None):
     """dA_t = (dy_t + dA_{t+1} W_hh) * phi'(h_t) walking t in reverse, and dh_0 = dA_first W_hh, W_hh split
-    over N-slices (kernels.rnn._recurrence_backward's contract; keywords as persistent_forward's).
-    Returns (dA (T, B, H), dh_0 (B, H))."""
+    over N-slices (kernels.rnn._recurrence_backward's contract; keywords as persistent_forward's, the hook
+    being fallback(flag, dA, dh_0)). Returns (dA (T, B, H), dh_0 (B, H))."""
     T1, B, H = hs.shape
     T = T1 - 1
     dtype, device = hs.dtype, hs.device
@@ -668,7 +676,8 @@ def persistent_backward(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: t
                 num_stages=1)
     grid = (triton.cdiv(H, cfg.block_n), triton.cdiv(B, cfg.block_b))
     _runtime.announce_interpreter_once()
-    run = dict(grid=grid, steps=T + 1, max_spins=max_spins, error_flag=error_flag, fallback=fallback, device=device)
+    run = dict(grid=grid, steps=T + 1, max_spins=max_spins, error_flag=error_flag, fallback=fallback,
+               outputs=(da, dh0), device=device)
     if _launch(_rnn_persistent_bwd_kernel, args, form=form, **run):
         _launch(_rnn_persistent_bwd_kernel, args, form="per_step", **run)
     return da, dh0
