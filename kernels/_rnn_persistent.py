@@ -72,8 +72,8 @@ choose_path() (pure Python, unit-tested) picks "persistent" or "tiled" (kernels/
 kernels, resident or tiled by that module's own rule) and says why:
   tiled when a persistent launch timed out earlier in this process, for fp64 (the parity dtype; not built
   persistent), for H <= 128 (rnn.py's kernels stream at most 64 KB of W_hh a step and need no barrier),
-  when padded H exceeds what a slice can hold (1024 for ieee/tf32: 2 x 64 KB of shared memory for the
-  slice and the h tile; 512 for bf16, whose slice triton keeps in registers and which spills at 1024), or
+  when padded H exceeds what a slice can hold (1024: for fp32 operands 2 x 64 KB of shared memory for the
+  slice and the h tile, for bf16, whose slice triton keeps in registers, 237-255 registers), or
   when the grid cannot be resident at once (SM count x programs per SM, from the compiled kernel's
   registers and shared memory, or a conservative estimate); persistent otherwise.
 
@@ -382,14 +382,14 @@ class PathChoice:
 
 
 # GPU tiles: BLOCK_B = 16 (the smallest mma M) and BLOCK_N = 16 give the most programs, so the most SMs
-# share the step; 8 warps (4 spill 8 bytes for exact fp32 on sm_80). Persistent above H = 128, up to
-# padded H 1024 (fp32 operands: slice and h tile 64 KB each in shared memory) or 512 (bf16: triton keeps
-# the slice in registers, and 1024 spills).
+# share the step; 8 warps (with 4, exact fp32 spills on sm_80 and bf16 at padded H 1024 everywhere).
+# Persistent above H = 128, up to padded H 1024 (fp32 operands: slice and h tile 64 KB each in shared
+# memory; bf16: triton keeps the slice in registers, 237-255 of them at 1024, no spill).
 _GPU_BLOCK_B = 16
 _GPU_BLOCK_N = 16
 _GPU_NUM_WARPS = 8
 _GPU_MIN_HIDDEN = 129
-_GPU_MAX_BLOCK_K = {"ieee": 1024, "tf32": 1024, "bf16": 512}
+_GPU_MAX_BLOCK_K = {"ieee": 1024, "tf32": 1024, "bf16": 1024}
 _GPU_MIN_BLOCK_K = 256  # = next power of two above _GPU_MIN_HIDDEN - 1
 
 # Per-SM limits (CUDA occupancy tables): shared memory per SM and per block (opt-in), 1 KB of it reserved
