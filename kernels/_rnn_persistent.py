@@ -382,7 +382,7 @@ class PathChoice:
 
 
 # GPU tiles: BLOCK_B = 16 (the smallest mma M) and BLOCK_N = 16 give the most programs, so the most SMs
-# share the step; 8 warps (with 4, exact fp32 spills on sm_80 and bf16 at padded H 1024 everywhere).
+# share the step; 8 warps (with 4, the prototype spilled for exact fp32 on sm_80 and for bf16 at 1024).
 # Persistent above H = 128, up to padded H 1024 (fp32 operands: slice and h tile 64 KB each in shared
 # memory; bf16: triton keeps the slice in registers, 237-255 of them at 1024, no spill).
 _GPU_BLOCK_B = 16
@@ -390,7 +390,7 @@ _GPU_BLOCK_N = 16
 _GPU_NUM_WARPS = 8
 _GPU_MIN_HIDDEN = 129
 _GPU_MAX_BLOCK_K = {"ieee": 1024, "tf32": 1024, "bf16": 1024}
-_GPU_MIN_BLOCK_K = 256  # = next power of two above _GPU_MIN_HIDDEN - 1
+_GPU_MIN_BLOCK_K = _next_pow2(_GPU_MIN_HIDDEN)  # 256
 
 # Per-SM limits (CUDA occupancy tables): shared memory per SM and per block (opt-in), 1 KB of it reserved
 # per block by the driver, 64K registers allocated per warp in units of 256, 2048 threads, 32 blocks.
