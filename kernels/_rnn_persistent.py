@@ -52,7 +52,7 @@ without the barrier, in one of two ways:
     with the flag as a guard argument: one launch, no synchronisation, no new compiled kernel). The host
     then learns of the timeout from an asynchronous copy of the flag, at a later launch.
 (A rerun path compiled into the persistent kernel itself was tried and dropped: its W_hh loop made ptxas
-take 255 registers and spill where the persistent path alone takes 48-170.) Either way a timeout is never
+take 255 registers and spill where the persistent path alone takes 48-170 up to padded H 512.) Either way a timeout is never
 a hang and never a wrong result, and from then on choose_path() returns "tiled". The launch itself uses
 launch_cooperative_grid=True: the driver then refuses a grid that cannot be resident all at once (an error
 at launch, handled as a timeout).
