@@ -51,11 +51,11 @@ without the barrier, in one of two ways:
     rerun into the outputs that does nothing unless the flag is set (phase 2: kernels/rnn.py's tiled kernel
     with the flag as a guard argument: one launch, no synchronisation, no new compiled kernel). The host
     then learns of the timeout from an asynchronous copy of the flag, at a later launch.
-(A rerun path compiled into the persistent kernel itself was tried and dropped: its W_hh loop made ptxas
-take 255 registers and spill where the persistent path alone takes 48-170 up to padded H 512.) Either way a timeout is never
-a hang and never a wrong result, and from then on choose_path() returns "tiled". The launch itself uses
-launch_cooperative_grid=True: the driver then refuses a grid that cannot be resident all at once (an error
-at launch, handled as a timeout).
+(A rerun path compiled into the persistent kernel itself was tried and dropped: its W_hh loop made ptxas take
+255 registers and spill where the persistent path alone takes 48-170 up to padded H 512.) Either way a timeout
+is never a hang and never a wrong result, and from then on choose_path() returns "tiled". The launch itself
+uses launch_cooperative_grid=True: the driver then refuses a grid that cannot be resident all at once (an
+error at launch, handled as a timeout).
 
 Two forms of the same step body (the constexpr PERSISTENT):
   * persistent: ONE launch loops over t with the barrier between steps (what a GPU runs);
@@ -124,9 +124,9 @@ from kernels._common import NONLINEARITIES, activation, activation_grad_from_out
 from kernels.rnn import PRECISIONS, _alloc, _check_launch, _emulate_bf16, _inner_contiguous, _mm, _next_pow2, \
     _operand
 
-__all__ = ["persistent_forward", "persistent_backward", "choose_path", "estimate_resources", "PathChoice",
-           "PersistentConfig", "KernelResources", "gpu_config", "gpu_compile_configs", "persistent_timed_out",
-           "DEFAULT_MAX_SPINS", "LAUNCH_OPTIONS"]
+__all__ = ["persistent_forward", "persistent_backward", "choose_path", "estimate_resources", "programs_per_sm",
+           "PathChoice", "PersistentConfig", "KernelResources", "gpu_config", "gpu_compile_configs",
+           "persistent_timed_out", "DEFAULT_MAX_SPINS", "LAUNCH_OPTIONS"]
 
 DEFAULT_MAX_SPINS = 1 << 20  # polls before a barrier gives up (~0.5-1 us each)
 # triton options of every persistent launch on a GPU (and of the compile report's builds of these kernels)

@@ -325,7 +325,8 @@ def test_error_flag_set_reruns_bit_identically_and_warns_once():
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: no second warning
-        _run_layer(xp, h0, w, dy, dhT, False, "tanh", "tf32", config=SINGLE, error_flag=torch.ones(1, dtype=torch.int32))
+        _run_layer(xp, h0, w, dy, dhT, False, "tanh", "tf32", config=SINGLE,
+                   error_flag=torch.ones(1, dtype=torch.int32))
 
 
 @interpreted
@@ -434,7 +435,8 @@ _COMPILE_SCRIPT = textwrap.dedent('''
             continue
         for arch in (80, 90):
             sig = cr._full_signature(cfg)
-            attrs = {(cfg.fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items() if v.startswith("*")}
+            attrs = {(cfg.fn.arg_names.index(k),): [["tt.divisibility", 16]]
+                     for k, v in sig.items() if v.startswith("*")}
             results = {}
             for coop in (True, False):
                 src = triton.compiler.ASTSource(cfg.fn, sig, dict(cfg.constexprs), attrs)
@@ -447,7 +449,8 @@ _COMPILE_SCRIPT = textwrap.dedent('''
             strip = lambda p: re.sub(r"^\\s*//.*$", "", p, flags=re.M)
             out.append({"config": cfg.name, "arch": arch, "cooperative": bool(ck.metadata.launch_cooperative_grid),
                         "same_code": strip(ptx) == strip(results[False].asm["ptx"]),
-                        "instructions": sorted(set(re.findall(r"\\b(?:atom|ld|red)\\.[\\w.]*(?:acquire|release|acq_rel)[\\w.]*", ptx))),
+                        "instructions": sorted(set(re.findall(
+                            r"\\b(?:atom|ld|red)\\.[\\w.]*(?:acquire|release|acq_rel)[\\w.]*", ptx))),
                         "bar_sync": len(re.findall(r"\\bbar\\.sync\\b", ptx))})
     print(json.dumps(out))
 ''')
