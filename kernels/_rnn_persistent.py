@@ -10,8 +10,8 @@ Grid and step
 -------------
 Grid (cdiv(H, BLOCK_N), cdiv(B, BLOCK_B)): program (n, b) owns hidden units n*BLOCK_N.. of batch rows
 b*BLOCK_B... It loads its slice W_hh^T[:, n-slice] (BLOCK_K x BLOCK_N, BLOCK_K = H padded to a power of two)
-once -- triton keeps it in shared memory for fp32 operands and in registers for bf16/fp16, see the compile
-report -- and then, for every step, reads its batch tile's whole h_{t-1} (BLOCK_B x H, written one step
+once -- triton keeps it in shared memory for fp32 operands, and for bf16/fp16 in registers (3.6, 3.9) or
+shared memory (3.5), see the compile report -- and then, for every step, reads its batch tile's whole h_{t-1} (BLOCK_B x H, written one step
 earlier by all the N-slices of that tile), does ONE tl.dot against the resident slice, adds xp_t, applies
 phi and stores its BLOCK_B x BLOCK_N piece of h_t. Batch tiles are independent; the programs of one tile
 then meet at a barrier before the next step. Backward is the mirror image: program (n, b) holds
@@ -32,7 +32,7 @@ number of N-slices and no value is reused (no ABA problem, nothing polled for eq
     tl.debug_barrier()                       # every thread's stores of this step are issued (bar.sync)
     n = atomic_add(counter, 1, acq_rel, gpu) # arrive: release (our stores) + acquire; one thread
     while n < n_slices and no error and spins < max_spins:
-        n = atomic_add(counter, 0, acquire, gpu)   # compiled to ld.global.gpu.acquire (3.5/3.6: an atom)
+        n = atomic_add(counter, 0, acquire, gpu)   # compiled to ld.global.gpu.acquire (3.5, 3.6, 3.9)
     tl.debug_barrier()                       # no thread reads h_t before the acquire
 This is PyTorch Inductor's x_grid_barrier pattern (release arrive, acquire poll, a CTA barrier on both
 sides). tl.atomic_poll would express the wait directly, but it exists only from Triton 3.9 and pyproject
@@ -470,8 +470,8 @@ class PathChoice:
 # GPU tiles: BLOCK_B = 16 (the smallest mma M) and BLOCK_N = 16 give the most programs, so the most SMs share
 # the step; 8 warps (with 4, the prototype spilled for exact fp32 on sm_80 and for bf16 at 1024). Persistent
 # above H = 128 (below, kernels/rnn.py's kernels stream at most 64 KB of W_hh a step and need no barrier), up to
-# padded H 1024 (fp32 operands: slice and h tile 64 KB each in shared memory; bf16/fp16: triton keeps the slice
-# in registers).
+# padded H 1024 (fp32 operands: slice and h tile 64 KB each in shared memory; bf16/fp16: triton 3.6 / 3.9 keep
+# the slice in registers, 3.5 in shared memory).
 _GPU_BLOCK_B = 16
 _GPU_BLOCK_N = 16
 _GPU_NUM_WARPS = 8
@@ -480,8 +480,8 @@ _GPU_MAX_BLOCK_K = 1024
 _GPU_BLOCK_KS = (256, 512, 1024)  # every padded H a GPU launch can have (next_pow2 of 129..1024)
 # ptxas's register cap by padded H: 128 up to 512 (two 8-warp programs an SM: 128 x 256 threads x 2 = 64K
 # registers; an A100 holds the default model's 128 programs only that way, on 108 SMs), 255 at 1024 (one an SM:
-# the fp32 slice and h tile take 130 KB of shared memory, bf16/fp16 keep the slice in ~220 registers). The
-# compile report checks that none of them spills.
+# the fp32 slice and h tile take 130 KB of shared memory; triton 3.6 / 3.9 keep a bf16/fp16 slice in ~220
+# registers). The compile report checks that none of them spills (triton 3.5, 3.6 and 3.9).
 _GPU_MAXNREG = {256: 128, 512: 128, 1024: MAXNREG}
 
 
@@ -686,7 +686,9 @@ def _watch(err: torch.Tensor) -> None:
         return
     slot, view = _host_slot()
     with on_device_of(err):
-        side = _flag_streams.setdefault(err.device, torch.cuda.Stream(err.device))
+        side = _flag_streams.get(err.device)
+        if side is None:
+            side = _flag_streams[err.device] = torch.cuda.Stream(err.device)
         side.wait_stream(torch.cuda.current_stream(err.device))
         with torch.cuda.stream(side):
             slot.copy_(err, non_blocking=True)

@@ -125,8 +125,8 @@ def test_cp_async_instruction_parser():
 
 
 def test_barrier_instruction_parser():
-    """A grid barrier's arrive (release) and wait (acquire), as Triton 3.9 (ld.acquire) and 3.5/3.6 (an acquire
-    atomic) write them; plain and relaxed atomics are not ordered instructions."""
+    """A grid barrier's arrive (release) and wait (acquire), as Triton 3.5 to 3.9 write them (atom.acq_rel,
+    ld.acquire), or with an acquire atomic; plain and relaxed atomics are not ordered instructions."""
     ptx = textwrap.dedent("""
         @%p1 atom.global.gpu.acq_rel.add.u32 %r1, [ %rd1 + 0 ], %r2;
         ld.global.gpu.acquire.b32 %r3, [ %rd1 + 0 ];
