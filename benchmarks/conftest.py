@@ -5,12 +5,13 @@ outside the timing and records the same `extra_info` keys for `rnnlm.report`:
 
     backend, shape, batch_size, seq_len, embed_size, hidden_size, num_layers, vocab_size,
     tokens_per_round, tokens_per_s, [tflops_per_s], [gb_per_s], precision, [cudnn_algorithm],
-    device, torch, triton, triton_interpreted, threads, timer
+    [recurrence_path, recurrence_choice], device, torch, triton, triton_interpreted, threads, timer
 
 On CUDA each round is timed with CUDA events after an untimed L2 flush (benchmarks/cuda_bench.py: the standard
 method, as triton.testing.do_bench), and pytest-benchmark's statistics are over those event times; on the CPU it is
 the wall clock. `precision` is the arithmetic that really ran (cuda_bench.precision_label: TF32 where torch's flags
-allow it), `cudnn_algorithm` the algorithm ATen picks for nn.RNN at that shape (recurrence benchmarks).
+allow it), `cudnn_algorithm` the algorithm ATen picks for nn.RNN at that shape (recurrence benchmarks), and for
+triton's recurrence `recurrence_path` / `recurrence_choice` the kernels rnn() chose (persistent or tiled) and why.
 Rates are computed from the median round (the machine is shared and noisy; the median ignores stragglers).
 `make bench` saves every run (pytest-benchmark's --benchmark-autosave, in .benchmarks/) and `make bench-compare`
 compares the last two, so that a regression shows.
@@ -109,6 +110,17 @@ def cudnn_algorithm(shape: "Shape", *, backward: bool, dtype: torch.dtype = torc
         backward=backward, hidden_size=shape.hidden_size, input_size=shape.embed_size, batch_size=shape.batch_size,
         seq_len=shape.seq_len, num_layers=shape.num_layers, bidirectional=False, dtype=dtype,
         **cuda_bench.device_facts(DEVICE))
+
+
+def recurrence_path_info(shape: "Shape", *, backward: bool) -> dict:
+    """recurrence_path and recurrence_choice (cuda_bench.choice_info) for triton's recurrence at this shape, with
+    the precision rnn() resolves to here; read after a first call (the choice is made at the first launch)."""
+    from kernels.rnn import resolve_precision
+
+    precision = resolve_precision(None, torch.empty(0, device=DEVICE))
+    return cuda_bench.choice_info(cuda_bench.recurrence_choices(DEVICE, batch=shape.batch_size,
+                                                                hidden=shape.hidden_size, precision=precision,
+                                                                backward=backward))
 
 
 def sync() -> None:
@@ -292,4 +304,4 @@ def tools():
     return SimpleNamespace(device=DEVICE, shapes=SHAPES, interpreted=INTERPRETED, sync=sync,
                            import_op=import_op, rnn_flops=rnn_flops, corpus_file=corpus_file,
                            skip_unless_runnable=skip_unless_runnable, precision_label=precision_label,
-                           cudnn_algorithm=cudnn_algorithm)
+                           cudnn_algorithm=cudnn_algorithm, recurrence_path_info=recurrence_path_info)

@@ -135,6 +135,30 @@ def device_facts(device: torch.device) -> dict:
     return {"capability": (props.major, props.minor), "sm_count": props.multi_processor_count}
 
 
+def path_label(choices) -> str:
+    """'fwd persistent, bwd tiled' for kernels.rnn.recurrence_path()'s choices (forward, then backward; None: no
+    such launch has run yet)."""
+    return ", ".join(f"{name} {c.path if c is not None else 'not launched'}"
+                     for name, c in zip(("fwd", "bwd"), choices))
+
+
+def recurrence_choices(device: torch.device, *, batch: int, hidden: int, precision: str, backward: bool) -> list:
+    """The kernels rnn() chose for one layer's recurrence of (batch, hidden), forward (and backward), as
+    kernels.rnn.recurrence_path() gives them: read after a benchmark's warm-up. precision: the recurrence's
+    ("ieee", "tf32", "bf16", ...)."""
+    from kernels.rnn import recurrence_path
+
+    return [recurrence_path(device, batch, hidden, precision, backward=bwd)
+            for bwd in ((False, True) if backward else (False,))]
+
+
+def choice_info(choices: list) -> dict:
+    """extra_info fields for recurrence_choices(): recurrence_path ("fwd persistent, bwd persistent") and
+    recurrence_choice (each choice's str(): the line the launcher logged, with its reason)."""
+    return {"recurrence_path": path_label(choices),
+            "recurrence_choice": "; ".join(str(c) for c in choices if c is not None)}
+
+
 def precision_label(backend: str, device: torch.device) -> str:
     """The fp32 arithmetic that really runs: on CUDA, cuDNN's RNN uses TF32 when torch allows it for cuDNN RNNs;
     the triton backend's recurrence follows the same flag and its GEMMs (torch matmuls) cuBLAS's TF32 flag."""

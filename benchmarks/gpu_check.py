@@ -4,12 +4,17 @@
 
 On a machine with CUDA it runs, from a plain checkout with only what a CUDA image ships (torch, triton, numpy,
 pytest, matplotlib; no jieba, snownlp, tqdm or hypothesis needed, no package installed):
-  1. the kernel tests on CUDA (tests/test_*kernel*.py and the host-synchronisation test; property tests skip
-     where hypothesis is absent);
+  1. the kernel tests on CUDA (tests/test_*kernel*.py, tests/test_rnn_persistent.py -- with its GPU tests: the
+     persistent recurrence bit for bit against its per-step form at five shapes x three precisions, and 200
+     launches beside a busy GEMM stream -- and the host-synchronisation test; property tests skip where
+     hypothesis is absent);
   2. the recurrence forward and forward+backward, triton (kernels.rnn) against nn.RNN (cuDNN), at the default
      shape (B 64, T 20, I 256, H 512, 2 layers) and over B in {1, 16, 64, 256} x H in {128, 256, 512, 1024},
      in fp32 (ieee: TF32 off in cuDNN and cuBLAS), tf32 (on in both) and bf16 (torch.autocast), each row naming
-     the cuDNN algorithm ATen picks (benchmarks/cuda_bench.py);
+     the cuDNN algorithm ATen picks (benchmarks/cuda_bench.py) and the kernels rnn() chose (persistent or
+     tiled, and why); where it chose the persistent kernels the batch-tiled ones are timed too, and where only
+     the H <= 128 rule kept them out the persistent ones (persistent vs tiled vs cuDNN), with one line for
+     issue 11's goal (nn.RNN / persistent forward+backward time at the default shape, >= 2x);
   3. softmax, sampling and cross-entropy (forward+backward) at (1,280 x 10,000) against torch, in GB/s of the
      traffic each op must move and as a fraction of the GPU's measured copy bandwidth;
   4. a default-model training step and a one-sample generation on both backends (benchmarks/model_adapter.py,
@@ -49,11 +54,12 @@ from model_adapter import model_api  # noqa: E402
 
 STAGES = ("tests", "recurrence", "rows", "model")
 PRECISIONS = ("fp32", "tf32", "bf16")
-KERNEL_TEST_FILES = ("tests/test_rnn_kernel.py", "tests/test_rnn_step_kernel.py", "tests/test_softmax_kernel.py",
-                     "tests/test_sample_kernel.py", "tests/test_cross_entropy_kernel.py",
-                     "tests/test_kernel_host_syncs.py")
+KERNEL_TEST_FILES = ("tests/test_rnn_kernel.py", "tests/test_rnn_persistent.py", "tests/test_rnn_step_kernel.py",
+                     "tests/test_softmax_kernel.py", "tests/test_sample_kernel.py",
+                     "tests/test_cross_entropy_kernel.py", "tests/test_kernel_host_syncs.py")
 # In the interpreter (no GPU) the kernel tests take minutes: a few that cover every op stand for them.
 INTERPRETER_TESTS = ("tests/test_rnn_kernel.py::test_tiled_kernel_parity",
+                     "tests/test_rnn_persistent.py::test_rnn_falls_back_to_the_tiled_kernel_when_the_flag_is_set",
                      "tests/test_rnn_step_kernel.py::test_one_launch_per_layer_and_no_host_sync",
                      "tests/test_softmax_kernel.py::test_matches_float64_reference",
                      "tests/test_cross_entropy_kernel.py::test_device_checks_cost_no_host_sync",
@@ -164,8 +170,9 @@ def run_kernel_tests(out: Path, plan: Plan) -> dict:
             "ok": code == 0 and counts["tests"] > 0}
 
 
-def _recurrence_case(B, T, I, H, L, device, precision, backward: bool):
-    """(cudnn fn, triton fn) for one shape: forward (no grad) or forward+backward (grads of x and every weight)."""
+def _recurrence_case(B, T, I, H, L, device, precision, backward: bool, launch_config=None):
+    """(cudnn fn, triton fn) for one shape: forward (no grad) or forward+backward (grads of x and every weight).
+    launch_config: rnn()'s (None: the launcher's own choice; a LaunchConfig / PersistentConfig forces one)."""
     from kernels.rnn import rnn
 
     torch.manual_seed(0)
@@ -178,7 +185,7 @@ def _recurrence_case(B, T, I, H, L, device, precision, backward: bool):
     g_h = torch.randn(L, B, H, device=device, dtype=dtype)
 
     def triton_fn():
-        return rnn(x, h0, m._flat_weights, num_layers=L, batch_first=True)
+        return rnn(x, h0, m._flat_weights, num_layers=L, batch_first=True, launch_config=launch_config)
 
     def cudnn_fn():
         return m(x, h0)
@@ -196,12 +203,40 @@ def _no_grad(f):
         return f()
 
 
+# the precision rnn() resolves to under each setting of precision_mode
+KERNEL_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}
+
+
+def _forced_configs(B, H, precision, device, paths) -> dict:
+    """The kernels timed beside rnn()'s own choice: "tiled" (the batch-tiled kernels) where the choice was
+    persistent in either direction; "persistent" where it was tiled only by the H <= 128 rule and the grid surely
+    fits (one program an SM: cdiv(H, 16) x cdiv(B, 16) <= SMs), which measures that rule. In the interpreter,
+    whose choice is always tiled, the persistent kernels run in the one form it can run (one N-slice per batch
+    tile), so that the pipeline and its columns are exercised."""
+    import triton
+
+    from kernels import _rnn_persistent as P
+    from kernels import rnn as K
+
+    kernel_precision = KERNEL_PRECISION[precision]
+    forced = {}
+    if device.type == "cpu":
+        forced["persistent"] = P.default_config(B, H, kernel_precision, device)
+    elif any(c is not None and c.path == "persistent" for c in paths):
+        forced["tiled"] = K._pick_config(B, H, kernel_precision, device)
+    elif H <= 128 and triton.cdiv(H, 16) * triton.cdiv(B, 16) <= torch.cuda.get_device_properties(
+            device).multi_processor_count:
+        forced["persistent"] = P.gpu_config(H, kernel_precision)
+    return forced
+
+
 def run_recurrence(device, plan: Plan, report: Report) -> None:
     facts = cuda_bench.device_facts(device) if device.type == "cuda" else None
     d = plan.default
     shapes = [(B, H) for B in plan.batches for H in plan.hiddens]
     if (d["B"], d["H"]) not in shapes:
         shapes.insert(0, (d["B"], d["H"]))
+    layer_steps = d["T"] * d["L"]
     for precision in PRECISIONS:
         for backward in (False, True):
             for B, H in shapes:
@@ -212,9 +247,21 @@ def run_recurrence(device, plan: Plan, report: Report) -> None:
                     cudnn_fn, triton_fn = _recurrence_case(B, d["T"], d["I"], H, d["L"], device, precision, backward)
                     row["cudnn_s"] = _time(cudnn_fn, device, plan)
                     row["triton_s"] = _time(triton_fn, device, plan)
+                    # the launcher's choice, made during the warm-up (str(choice): the line it logged)
+                    paths = cuda_bench.recurrence_choices(device, batch=B, hidden=H,
+                                                          precision=KERNEL_PRECISION[precision], backward=backward)
+                    row.update(cuda_bench.choice_info(paths))
+                    row["tiled_s"] = row["triton_s"] if "persistent" not in row["recurrence_path"] else None
+                    row["persistent_s"] = row["triton_s"] if "tiled" not in row["recurrence_path"] else None
+                    for kind, cfg in _forced_configs(B, H, precision, device, paths).items():
+                        _, forced_fn = _recurrence_case(B, d["T"], d["I"], H, d["L"], device, precision, backward,
+                                                        launch_config=cfg)
+                        row[f"{kind}_s"] = _time(forced_fn, device, plan)
                     row["cudnn_precision"] = _label("cudnn", precision, device)
                     row["triton_precision"] = _label("triton", precision, device)
                 row["ratio"] = row["triton_s"] / row["cudnn_s"]
+                row["us_per_layer_step"] = {who: row[f"{who}_s"] / layer_steps * 1e6
+                                            for who in ("cudnn", "triton", "tiled", "persistent") if row[f"{who}_s"]}
                 row["tokens_per_s"] = {"cudnn": B * d["T"] / row["cudnn_s"], "triton": B * d["T"] / row["triton_s"]}
                 row["cudnn_algorithm"] = "n/a (cpu: ATen's own RNN)" if facts is None else \
                     cuda_bench.cudnn_algorithm_label(
@@ -226,7 +273,22 @@ def run_recurrence(device, plan: Plan, report: Report) -> None:
                     report.headlines.append(
                         f"recurrence {row['mode']}, default shape, {precision}: triton/cuDNN time ratio "
                         f"{row['ratio']:.2f} ({row['triton_s'] * 1e3:.3f} ms vs {row['cudnn_s'] * 1e3:.3f} ms, "
-                        f"cuDNN {row['cudnn_algorithm']})")
+                        f"{row['recurrence_path']}, cuDNN {row['cudnn_algorithm']})")
+    report.headlines.append(_goal_line(report))
+
+
+def _goal_line(report: Report) -> str:
+    """Issue 11's goal, one line: nn.RNN's forward+backward time over the persistent kernels' at the default shape,
+    per precision (>= 2x wanted), or why the persistent kernels did not run there."""
+    parts = []
+    for r in report.recurrence:
+        if r["default_shape"] and r["mode"] == "forward+backward":
+            if r["persistent_s"]:
+                parts.append(f"{r['precision']} {r['cudnn_s'] / r['persistent_s']:.2f}x")
+            else:
+                parts.append(f"{r['precision']} not persistent ({r['recurrence_path']})")
+    return ("persistent recurrence forward+backward, default shape: nn.RNN time / persistent time = "
+            + ", ".join(parts) + " (goal >= 2x)")
 
 
 def run_rows(device, plan: Plan, report: Report) -> None:
@@ -346,6 +408,10 @@ def _fmt_ms(s: float) -> str:
     return f"{s * 1e3:.3f}"
 
 
+def _fmt_opt_ms(s: float | None) -> str:
+    return "—" if s is None else _fmt_ms(s)
+
+
 def write_markdown(out: Path, report: Report, plots: list[str]) -> None:
     lines = [f"# make gpu-check: {report.device}", ""]
     if report.interpreter_figures:
@@ -366,13 +432,19 @@ def write_markdown(out: Path, report: Report, plots: list[str]) -> None:
                   + f"— `{kt.get('command')}`, log in kernel_tests.log", ""]
     if report.recurrence:
         lines += ["## 2. Recurrence: triton vs nn.RNN", "",
-                  "| mode | setting | arithmetic (cuDNN / triton) | B | H | cuDNN ms | triton ms | triton/cuDNN "
-                  "| cuDNN algorithm |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "triton = rnn() with the launcher's own choice (path: persistent or tiled, forward / backward); "
+                  "tiled and persistent = those kernels forced, where they were timed too (see _forced_configs); "
+                  "µs per layer-step = time / (T x layers).", "",
+                  "| mode | setting | arithmetic (cuDNN / triton) | B | H | path | cuDNN ms | triton ms | tiled ms "
+                  "| persistent ms | µs/layer-step cuDNN / triton | triton/cuDNN | cuDNN algorithm |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report.recurrence:
+            steps = r.get("us_per_layer_step", {})
             lines.append(f"| {r['mode']} | {r['precision']} | {r['cudnn_precision']} / {r['triton_precision']} "
-                         f"| {r['B']} | {r['H']} "
-                         f"| {_fmt_ms(r['cudnn_s'])} | {_fmt_ms(r['triton_s'])} | {r['ratio']:.2f} "
+                         f"| {r['B']} | {r['H']} | {r.get('recurrence_path', '?')} "
+                         f"| {_fmt_ms(r['cudnn_s'])} | {_fmt_ms(r['triton_s'])} | {_fmt_opt_ms(r.get('tiled_s'))} "
+                         f"| {_fmt_opt_ms(r.get('persistent_s'))} "
+                         f"| {steps.get('cudnn', 0):.1f} / {steps.get('triton', 0):.1f} | {r['ratio']:.2f} "
                          f"| {r['cudnn_algorithm']} |")
         lines.append("")
     if report.row_ops:

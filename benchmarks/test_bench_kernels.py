@@ -1,6 +1,7 @@
 """The kernels against the torch ops they replace: recurrence (forward, forward+backward), softmax, sampling,
 cross-entropy. Each test is parametrized by backend (cudnn = the torch op, triton = rnnlm's kernel) and shape;
-the recurrence forward also by the one-size-at-a-time shapes (conftest's SWEEP_SHAPES).
+the recurrence forward also by the one-size-at-a-time shapes (conftest's SWEEP_SHAPES). Triton recurrence rows
+record the kernels rnn() chose (recurrence_path: persistent or tiled) and why (recurrence_choice).
 
 Softmax, sampling and cross-entropy run on (B*T, V) logits of the shape (the rows of one training batch);
 their tokens/s counts rows, their GB/s the logits read (and, for softmax, the probabilities written).
@@ -21,6 +22,15 @@ def make_rnn(shape, device, *, requires_grad: bool):
     x = torch.randn(shape.batch_size, shape.seq_len, shape.embed_size, device=device, requires_grad=requires_grad)
     h0 = torch.randn(shape.num_layers, shape.batch_size, shape.hidden_size, device=device)
     return rnn, x, h0
+
+
+def path_info(backend, shape, tools, step, *, backward: bool) -> dict:
+    """For triton rows: which kernels rnn() chose (persistent or tiled) and why, read after one call of step (an
+    extra warm-up: the choice is made at a shape's first launch); nothing for cudnn rows."""
+    if backend != "triton":
+        return {}
+    step()
+    return tools.recurrence_path_info(shape, backward=backward)
 
 
 def recurrence(backend, tools):
@@ -56,7 +66,8 @@ def test_recurrence_forward(run_bench, model_case, tools):
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens,
               flops=tools.rnn_flops(shape, backward=False),
-              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=False))
+              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=False),
+              **path_info(backend, shape, tools, step, backward=False))
 
 
 @pytest.mark.benchmark(group="recurrence forward+backward")
@@ -74,7 +85,8 @@ def test_recurrence_forward_backward(run_bench, model_case, tools):
 
     run_bench(step, backend=backend, shape=shape, tokens=shape.tokens,
               flops=tools.rnn_flops(shape, backward=True),
-              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=True))
+              cudnn_algorithm=tools.cudnn_algorithm(shape, backward=True),
+              **path_info(backend, shape, tools, step, backward=True))
 
 
 @pytest.mark.benchmark(group="softmax")

@@ -1,4 +1,5 @@
-"""Nonlinearities shared by rnnlm's Triton kernels: one stable tanh, relu, and their derivatives.
+"""Device functions shared by rnnlm's Triton kernels: one stable tanh, relu, their derivatives, and the recurrence
+kernels' products in a precision (dot_operand, mm: ieee / tf32 / bf16 / fp16, emulated in the interpreter).
 
 tanh. The textbook form (1 - e^{-2x}) / (1 + e^{-2x}) overflows e^{-2x} to inf below about x = -44 in fp32
 and returns inf/inf = NaN; written with |x| it never overflows but loses every digit near 0, where
@@ -15,6 +16,11 @@ is put back at the end, so tanh is exactly odd. NaN stays NaN (the clamp propaga
 
 Derivatives are taken from the stored output h = phi(a) so that backward never needs the pre-activation:
 tanh'(a) = 1 - h^2; relu'(a) = [h > 0] (torch's convention: 0 at a = 0).
+
+Products (kernels/rnn.py's docstring has the precisions): bf16 / fp16 round both operands and accumulate in fp32;
+with EMULATE (the interpreter, which has no bf16 arithmetic and whose fp32 -> bf16 cast truncates) the rounding is
+done with integer bit operations (bf16) or numpy's cast (fp16) and the dot runs in fp32, where products of bf16 or
+fp16 values are exact: the same arithmetic.
 """
 from kernels import _runtime  # sets TRITON_INTERPRET before triton is imported
 
@@ -78,3 +84,48 @@ def activation_grad_from_output(h, NONLINEARITY: tl.constexpr):
         return 1.0 - h * h
     else:
         return tl.where(h > 0, 1.0, 0.0).to(h.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Products in a precision (the recurrence kernels: kernels/rnn.py and kernels/_rnn_persistent.py)
+# ----------------------------------------------------------------------------------------------------------
+@device_function
+def round_to_bf16(x):
+    """fp32 -> nearest bf16 (ties to even), kept in fp32, with integer ops: the interpreter's own
+    fp32 -> bf16 cast truncates instead of rounding, and it has no bf16 arithmetic."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536  # -65536 == 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@device_function
+def dot_operand(x, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """A dot operand in the requested precision (bf16/fp16: rounded; emulated in fp32 in the interpreter)."""
+    if PRECISION == "bf16":
+        if EMULATE:
+            return round_to_bf16(x)
+        else:
+            return x.to(tl.bfloat16)
+    elif PRECISION == "fp16":
+        if EMULATE:
+            return x.to(tl.float16).to(tl.float32)  # numpy's cast: round to nearest even
+        else:
+            return x.to(tl.float16)
+    else:
+        return x
+
+
+@device_function
+def mm(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """acc + a @ b; a is rounded here, b must already be a dot_operand(). Accumulates in acc's dtype
+    (out_dtype=acc.dtype: Triton 3.6 asserts that an fp64 accumulator is declared as such)."""
+    a = dot_operand(a, PRECISION, EMULATE)
+    if PRECISION == "tf32":
+        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
+    elif PRECISION == "bf16" or PRECISION == "fp16":
+        if EMULATE:
+            return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)  # exact products
+        else:
+            return tl.dot(a, b, acc, out_dtype=acc.dtype)  # 16-bit operands -> fp32 accumulator (mma)
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)

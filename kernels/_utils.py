@@ -195,6 +195,9 @@ class CompileConfig:
     constexpr argument name to its value (including the int arguments a launch specialises to 1). attrs maps an
     argument name to its Triton attributes ([["tt.divisibility", 16]] where the launch specialises on it).
     expect_cp_async: the kernel streams tiles through shared memory (num_stages > 1) and must show cp.async.
+    options: further Triton compile/launch options of the launch (the persistent recurrence's
+    launch_cooperative_grid). expect_barrier: the kernel has a grid barrier and must show its release and
+    acquire instructions in the PTX.
     """
 
     name: str
@@ -207,6 +210,8 @@ class CompileConfig:
     attrs: dict[str, list] = field(default_factory=dict)
     expect_cp_async: bool = False
     maxnreg: int | None = None  # see Launch
+    options: dict[str, Any] = field(default_factory=dict)
+    expect_barrier: bool = False
 
 
 def _unspecialised(fn) -> tuple[set, set]:
@@ -254,9 +259,12 @@ MAXNREG = 255
 
 @dataclass
 class Launch:
-    """One kernel launch: fn[grid](*args.values(), **constexprs, num_warps=..., num_stages=..., maxnreg=...).
+    """One kernel launch: fn[grid](*args.values(), **constexprs, num_warps=..., num_stages=..., maxnreg=...,
+    **options).
 
-    args holds every runtime argument by name, in the kernel's order."""
+    args holds every runtime argument by name, in the kernel's order; options any further Triton launch option
+    (launch_cooperative_grid: Triton 3.5 to 3.9 take it as a compile option that changes how the kernel is
+    launched; the interpreter drops options it does not know, as it drops maxnreg)."""
 
     fn: Any
     grid: tuple
@@ -265,21 +273,30 @@ class Launch:
     num_warps: int = 4
     num_stages: int = 1
     maxnreg: int | None = MAXNREG
+    options: dict[str, Any] = field(default_factory=dict)
 
     def _options(self) -> dict:
         options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
         if self.maxnreg is not None:
             options["maxnreg"] = self.maxnreg
-        return options
+        return {**options, **self.options}
+
+    def _device_tensor(self) -> torch.Tensor:
+        return next(v for v in self.args.values() if isinstance(v, torch.Tensor))
 
     def __call__(self) -> None:
-        device_tensor = next(v for v in self.args.values() if isinstance(v, torch.Tensor))
         announce_interpreter_once()
-        with on_device_of(device_tensor), quiet_numpy():
+        with on_device_of(self._device_tensor()), quiet_numpy():
             self.fn[self.grid](*self.args.values(), **self.constexprs, **self._options())
 
-    def compile_config(self, name: str, *, expect_tensor_cores: bool = False,
-                       expect_cp_async: bool = False) -> CompileConfig:
+    def compile(self):
+        """Compiles this launch for its GPU without running it (Triton's JITFunction.warmup, in 3.5 to 3.9) and
+        returns the CompiledKernel; the launch then reuses it."""
+        with on_device_of(self._device_tensor()):
+            return self.fn.warmup(*self.args.values(), grid=self.grid, **self.constexprs, **self._options())
+
+    def compile_config(self, name: str, *, expect_tensor_cores: bool = False, expect_cp_async: bool = False,
+                       expect_barrier: bool = False) -> CompileConfig:
         """This launch as the compile report compiles it: Triton's specialization of these very arguments."""
         order = [n for n in self.fn.arg_names if n not in self.constexprs]
         if order != list(self.args):
@@ -298,13 +315,78 @@ class Launch:
         return CompileConfig(name=name, fn=self.fn, signature=signature, constexprs=constexprs,
                              expect_tensor_cores=expect_tensor_cores, num_warps=self.num_warps,
                              num_stages=self.num_stages, attrs=attrs, expect_cp_async=expect_cp_async,
-                             maxnreg=self.maxnreg)
+                             maxnreg=self.maxnreg, options=dict(self.options), expect_barrier=expect_barrier)
 
 
 def meta_tensor(shape, dtype: torch.dtype) -> torch.Tensor:
     """A tensor with shape, dtype and strides but no storage: the representative launches of the compile report
     (its address is 0, so aligned, as torch's CUDA allocations are)."""
     return torch.empty(shape, dtype=dtype, device="meta")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recurrence's launchers (kernels/rnn.py's batch-tiled kernels and kernels/_rnn_persistent.py's): one contract
+# ----------------------------------------------------------------------------------------------------------------
+RNN_PRECISIONS = ("ieee", "tf32", "bf16", "fp16")
+LOW_PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def emulated(precision: str, t: torch.Tensor) -> bool:
+    """Whether bf16/fp16 operands are emulated in fp32 (the interpreter, i.e. CPU tensors; kernels/_common.py's
+    dot_operand); a GPU, and the compile report's meta tensors, get the real 16-bit types."""
+    return precision in LOW_PRECISION_DTYPE and interpreted(t)
+
+
+def inner_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels need unit stride on the last dim only; other strides are passed as arguments."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def check_launch(name: str, t: torch.Tensor, shape, dtype, device) -> None:
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        raise ValueError(f"{name}: expected {tuple(shape)} {dtype} on {device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+def forward_buffers(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.Tensor, reverse: bool, precision: str):
+    """Checks a forward recurrence's arguments and allocates its outputs: (xp, w_hh, hs, hT), xp and w_hh with a
+    unit inner stride, hs (T+1, B, H) the state slots with h_0 (or zeros) in its slot (hs[T] when reverse, else
+    hs[0]), hT (B, H). xp: (T, B, H) fp32|fp64; h0: (B, H) or None; w_hh: (H, H)."""
+    if xp.dim() != 3 or xp.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"xp: expected a 3-D float32/float64 tensor, got {xp.dim()}-D {xp.dtype}")
+    T, B, H = xp.shape
+    if T == 0 or B == 0 or H == 0:
+        raise ValueError(f"xp: every size must be > 0, got {tuple(xp.shape)}")
+    if precision not in RNN_PRECISIONS:
+        raise ValueError(f"precision: expected one of {RNN_PRECISIONS}, got {precision!r}")
+    check_device(xp, "xp")
+    check_launch("w_hh", w_hh, (H, H), xp.dtype, xp.device)
+    if h0 is not None:
+        check_launch("h0", h0, (B, H), xp.dtype, xp.device)
+    hs = empty((T + 1, B, H), xp.dtype, xp.device)
+    h0_slot = hs[T] if reverse else hs[0]
+    if h0 is None:
+        h0_slot.zero_()
+    else:
+        h0_slot.copy_(h0)
+    return inner_contiguous(xp), inner_contiguous(w_hh), hs, empty((B, H), xp.dtype, xp.device)
+
+
+def backward_buffers(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: torch.Tensor, w_hh: torch.Tensor,
+                     precision: str):
+    """Checks a backward recurrence's arguments and allocates its outputs: (dy, dhT, w_hh, da, dh0), the inputs
+    with a unit inner stride (None stays None), da (T, B, H), dh0 (B, H). hs: the forward's (T+1, B, H) slots."""
+    T1, B, H = hs.shape
+    dtype, device = hs.dtype, hs.device
+    if precision not in RNN_PRECISIONS:
+        raise ValueError(f"precision: expected one of {RNN_PRECISIONS}, got {precision!r}")
+    check_launch("w_hh", w_hh, (H, H), dtype, device)
+    if dy is not None:
+        check_launch("dy", dy, (T1 - 1, B, H), dy.dtype, device)
+    if dhT is not None:
+        check_launch("dhT", dhT, (B, H), dhT.dtype, device)
+    return (None if dy is None else inner_contiguous(dy), None if dhT is None else inner_contiguous(dhT),
+            inner_contiguous(w_hh), empty((T1 - 1, B, H), dtype, device), empty((B, H), dtype, device))
 
 
 # ----------------------------------------------------------------------------------------------------------------

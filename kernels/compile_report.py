@@ -21,6 +21,10 @@ multiprocessor:
 - asynchronous copies: `cp.async` (global -> shared, what Triton's software pipeliner emits for a loop's
   loads at num_stages > 1) in the PTX. Configurations with `expect_cp_async=True` (the pipelined recurrence
   kernels) must emit them.
+- grid barriers: configurations with `expect_barrier=True` (the persistent recurrence) must show, in the PTX,
+  the arrive with release semantics (an `atom` with `.acq_rel` or `.release`) and the wait with acquire
+  semantics (`ld.acquire` or `atom.acquire`); Triton's `options` of the launch (its `launch_cooperative_grid`)
+  are compiled in, and the row says whether the kernel is launched cooperatively.
 
 Under TRITON_INTERPRET=1 the kernels' @triton.jit objects are interpreter functions that cannot be
 compiled, so compilation runs in subprocesses started with RNNLM_KERNELS_COMPILE_ONLY=1 and without
@@ -62,7 +66,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-KERNEL_MODULES: tuple[str, ...] = ("kernels.rnn", "kernels.softmax", "kernels.sample", "kernels.cross_entropy")
+KERNEL_MODULES: tuple[str, ...] = ("kernels.rnn", "kernels._rnn_persistent", "kernels.softmax", "kernels.sample",
+                                   "kernels.cross_entropy")
 ARCHS: tuple[int, ...] = (80, 90)
 # Most shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 163 KB, H100 227 KB.
 SHARED_LIMIT: dict[int, int] = {80: 163 * 1024, 90: 227 * 1024}
@@ -159,6 +164,7 @@ def _parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
 _PTXAS_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _TC_RE = re.compile(r"^\s*(?:@%?\w+\s+)?((?:wgmma\.mma_async|mma\.sync)[\w.]*)", re.M)
 _CP_ASYNC_RE = re.compile(r"^\s*(?:@%?\w+\s+)?(cp\.async\.(?:ca|cg|bulk)[\w.:]*)", re.M)
+_ORDERED_RE = re.compile(r"^\s*(?:@%?\w+\s+)?((?:atom|ld|red|st)\.[\w.]*(?:acquire|release|acq_rel)[\w.]*)", re.M)
 
 
 def tensor_core_instructions(ptx: str) -> dict[str, int]:
@@ -175,6 +181,25 @@ def cp_async_instructions(ptx: str) -> dict[str, int]:
     for m in _CP_ASYNC_RE.finditer(ptx):
         counts[m.group(1)] = counts.get(m.group(1), 0) + 1
     return counts
+
+
+def ordered_memory_instructions(ptx: str) -> dict[str, int]:
+    """Distinct memory instructions with acquire / release / acq_rel semantics in PTX text (a grid barrier's
+    arrive and wait), counted."""
+    counts: dict[str, int] = {}
+    for m in _ORDERED_RE.finditer(ptx):
+        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def barrier_problem(instructions: dict[str, int]) -> str | None:
+    """What a grid barrier's PTX lacks: a release arrive (atom.*acq_rel / *release) or an acquire wait."""
+    names = list(instructions)
+    if not any(n.startswith(("atom", "red", "st")) and ("acq_rel" in n or "release" in n) for n in names):
+        return "expected a release arrive (atom/red/st with .acq_rel or .release), found none in the PTX"
+    if not any(".acquire" in n for n in names):
+        return "expected an acquire wait (ld/atom with .acquire), found none in the PTX"
+    return None
 
 
 def _ptxas_path(arch: int) -> str:
@@ -207,7 +232,8 @@ def _compile_and_measure(module: str, cfg, arch: int) -> dict:
         "constexprs": {k: repr(v) if not isinstance(v, (int, float, str, bool)) else v
                        for k, v in cfg.constexprs.items()},
         "expect_tensor_cores": bool(cfg.expect_tensor_cores),
-        "expect_cp_async": bool(getattr(cfg, "expect_cp_async", False)), "shared_limit": SHARED_LIMIT.get(arch),
+        "expect_cp_async": bool(getattr(cfg, "expect_cp_async", False)),
+        "expect_barrier": bool(getattr(cfg, "expect_barrier", False)), "shared_limit": SHARED_LIMIT.get(arch),
         "signature": {k: v for k, v in cfg.signature.items() if v != "constexpr"},
         "divisible_by_16": sorted(getattr(cfg, "attrs", {})),
         "compiled": False, "problems": [],
@@ -222,7 +248,7 @@ def _compile_and_measure(module: str, cfg, arch: int) -> dict:
         # the launch's own specialization (kernels/_utils.py: Launch.compile_config)
         attrs = {(cfg.fn.arg_names.index(k),): v for k, v in getattr(cfg, "attrs", {}).items()}
         src = triton.compiler.ASTSource(cfg.fn, signature, dict(cfg.constexprs), attrs)
-        options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **getattr(cfg, "options", {}))
         if getattr(cfg, "maxnreg", None) is not None:
             options["maxnreg"] = cfg.maxnreg
         ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
@@ -262,6 +288,8 @@ def _compile_and_measure(module: str, cfg, arch: int) -> dict:
         "global_scratch": int(getattr(ck.metadata, "global_scratch_size", 0) or 0),
         "tensor_core_instructions": tensor_core_instructions(ptx),
         "cp_async_instructions": cp_async_instructions(ptx),
+        "barrier_instructions": ordered_memory_instructions(ptx),
+        "cooperative": bool(getattr(ck.metadata, "launch_cooperative_grid", False)),
     })
     row["shared_bytes"] = row["shared_static"] + row["shared_dynamic"]
     problems = row["problems"]
@@ -285,6 +313,12 @@ def _compile_and_measure(module: str, cfg, arch: int) -> dict:
         problems.append("expected tensor-core instructions (mma/wgmma), found none in the PTX")
     if row["expect_cp_async"] and not row["cp_async_instructions"]:
         problems.append(f"expected cp.async (num_stages={cfg.num_stages}), found none in the PTX")
+    if row["expect_barrier"]:
+        missing = barrier_problem(row["barrier_instructions"])
+        if missing:
+            problems.append(missing)
+        if getattr(cfg, "options", {}).get("launch_cooperative_grid") and not row["cooperative"]:
+            problems.append("compiled with launch_cooperative_grid but its metadata does not say so")
     row["ok"] = not problems
     return row
 
@@ -445,9 +479,21 @@ def _short_instr(instrs: dict[str, int]) -> str:
 
 
 def _stages_cell(row: dict) -> str:
-    """warps/stages, with the cp.async copies the pipelined loops issue (rnnlm.report shows this table too)."""
+    """warps/stages, with the cp.async copies the pipelined loops issue, and for a grid barrier the cooperative
+    launch and its acquire/release instructions (rnnlm.report shows this table too: its columns stay)."""
     n = sum(row.get("cp_async_instructions", {}).values())
-    return f"{row['num_warps']}/{row['num_stages']}" + (f", cp.async ×{n}" if n else "")
+    cell = f"{row['num_warps']}/{row['num_stages']}" + (f", cp.async ×{n}" if n else "")
+    if row.get("cooperative"):
+        cell += ", cooperative"
+    ordered = row.get("barrier_instructions") or {}
+    if row.get("expect_barrier") or ordered:
+        kinds = {}
+        for name, count in ordered.items():
+            sem = next(p for p in ("acq_rel", "acquire", "release") if p in name)
+            kind = f"{name.split('.')[0]}.{sem}"
+            kinds[kind] = kinds.get(kind, 0) + count
+        cell += ", barrier " + (" ".join(f"{k} ×{c}" for k, c in kinds.items()) or "none")
+    return cell
 
 
 def markdown_table(report: dict) -> str:

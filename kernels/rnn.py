@@ -26,9 +26,20 @@ slot t-1 holds h_t). The output is a view (hs[1:] or hs[:T]), backward's h_{t-1}
 view (hs[:T] or hs[1:]), and the tiled GPU kernel reads h_{t-1} back from the slot it wrote one step
 earlier, so no step ever needs a special case for h_0.
 
-Kernels and launch configurations (LaunchConfig; rnn(launch_config=...) forces one, as the tests do)
+Kernels and launch configurations (LaunchConfig / PersistentConfig; rnn(launch_config=...) forces one)
 ------------------------------------------------------------------------------------------------
-Grid over batch tiles: a program owns BLOCK_B rows of the batch and ALL H hidden units, so programs never
+On a GPU, with nothing forced, each layer's recurrence (forward and backward alike) runs either the persistent
+kernels of kernels/_rnn_persistent.py -- W_hh split over H/16 programs that hold their slice on chip for all
+T steps, with a grid barrier between steps -- or this module's batch-tiled kernels below, as that module's
+choose_path() decides from the device's SMs and the compiled persistent kernel's registers and shared memory
+(its docstring has the rules, the barrier and the cost model): persistent for 128 < H <= 1024 when its grid
+fits the GPU at once, batch-tiled otherwise, and always batch-tiled in the interpreter and for fp64. The
+choice is made once per device and shape, logged as one line, and returned by recurrence_path(). A persistent
+launch is followed by this module's batch-tiled kernel into the same outputs, guarded by the persistent
+launch's error flag (guard_ptr: a runtime pointer the kernel reads first, returning at once unless it holds a
+nonzero value; never specialised, so the guarded launch compiles nothing new): it recomputes the layer only if
+a barrier timed out, and costs no host synchronisation either way. Unguarded launches pass a per-device 1.
+Batch-tiled grid: a program owns BLOCK_B rows of the batch and ALL H hidden units, so programs never
 wait for one another (rows are independent) and the kernel is correct whatever order programs run in.
   * "resident" (_rnn_fwd_resident_kernel / _rnn_bwd_resident_kernel): the whole padded H is one tile;
     W_hh is loaded once and h_t (or dA_t W_hh) is carried in registers across steps: one tl.dot per step.
@@ -100,19 +111,21 @@ per N tile (the pipeline refills when the K loop restarts: 8 x 600) = ~25k cycle
 the per-step time, and it is the number of programs (B/16) that limits it. bf16/fp16 operands halve the
 mma work but not the bytes (W_hh stays fp32 in memory). Backward costs the same per step; the weight GEMMs
 run once over T*B = 1280 rows. For H <= 64 W_hh stays in registers and a step is a few hundred ns.
-Where splitting H would pay off: for large H and small B the batch-tiled grid has only B/BLOCK_B programs,
+Where splitting H pays off: for large H and small B the batch-tiled grid has only B/BLOCK_B programs,
 each re-reading all of W_hh every step. Splitting the hidden dimension over P programs (each keeping H/P
 rows of W_hh on chip) makes every step read only h_{t-1} and compute 2*B*H^2/P FLOPs per SM, with a
-grid-wide barrier per step (the "persistent RNN" idea; kernels/_rnn_persistent.py, being built separately).
+grid-wide barrier per step (the "persistent RNN" idea: kernels/_rnn_persistent.py, ~3 us per step of the
+default model by its cost model, against ~14.5 us for the tiled kernel at H100 clocks and ~8-9 us for cuDNN).
 One step (rnn_step, B = 1): 1.5 MiB of W_ih and W_hh per layer streamed once by 32 programs: ~48 KiB per
 SM, ~1-2 us per layer at a few hundred GB/s per SM of L2/DRAM bandwidth, against rnn()'s single program
 (grid of one: B/16 rounds up to 1) streaming all 1 MiB of W_hh alone plus the GEMM launch for xp.
 
 Layers: @triton.jit kernels -> launches (_forward_launch / _backward_launch / _step_launch: one description
 used by the launchers and by gpu_compile_configs) -> launchers (_recurrence_forward / _recurrence_backward:
-check, allocate, launch) -> _Recurrence (torch.autograd.Function) -> rnn() (nn.RNN's interface) and
-rnn_step(); rnn_reference() is the plain PyTorch loop used by tests and benchmarks; TritonRNN is nn.RNN
-whose forward calls rnn().
+check and allocate (kernels._utils.forward_buffers / backward_buffers, shared with the persistent launchers),
+choose persistent or batch-tiled, launch) -> _Recurrence (torch.autograd.Function) -> rnn() (nn.RNN's
+interface) and rnn_step(); rnn_reference() is the plain PyTorch loop used by tests and benchmarks; TritonRNN
+is nn.RNN whose forward calls rnn(); recurrence_path() says which kernels rnn() chose for a shape, and why.
 """
 from __future__ import annotations
 
@@ -127,77 +140,43 @@ from torch import nn
 import triton
 import triton.language as tl
 
-from kernels._common import (NONLINEARITIES, activation, activation_grad_from_output, device_function,
+from kernels import _rnn_persistent as persistent
+from kernels._common import (activation, activation_grad_from_output, device_function, dot_operand, mm,
                              nonlinearity_code)
-from kernels._utils import CompileConfig, Launch, check_device, empty, interpreted, meta_tensor, next_pow2
+from kernels._rnn_persistent import PathChoice, PersistentConfig
+from kernels._utils import (LOW_PRECISION_DTYPE, RNN_PRECISIONS, CompileConfig, Launch, backward_buffers,
+                            check_device, emulated, empty, forward_buffers, inner_contiguous, interpreted,
+                            meta_tensor, next_pow2)
 
-__all__ = ["rnn", "rnn_step", "rnn_reference", "TritonRNN", "LaunchConfig", "gpu_compile_configs",
-           "resolve_precision", "cudnn_rnn_allows_tf32", "cuda_matmul_allows_tf32", "PRECISIONS"]
+__all__ = ["rnn", "rnn_step", "rnn_reference", "TritonRNN", "LaunchConfig", "PersistentConfig", "PathChoice",
+           "recurrence_path", "gpu_compile_configs", "resolve_precision", "cudnn_rnn_allows_tf32",
+           "cuda_matmul_allows_tf32", "PRECISIONS"]
 
-PRECISIONS = ("ieee", "tf32", "bf16", "fp16")
+PRECISIONS = RNN_PRECISIONS  # ("ieee", "tf32", "bf16", "fp16")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_LOW_PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# T (the sequence length) and REVERSE are never specialised: one compiled kernel for every length and direction
-_NO_SPEC = ["T", "REVERSE"]
+# T (the sequence length) and REVERSE are never specialised: one compiled kernel for every length and direction;
+# nor is guard_ptr (a scalar read once): a guarded launch compiles nothing new
+_NO_SPEC = ["T", "REVERSE", "guard_ptr"]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
-@device_function
-def _round_to_bf16(x):
-    """fp32 -> nearest bf16 (ties to even), kept in fp32, with integer ops: the interpreter's own
-    fp32 -> bf16 cast truncates instead of rounding, and it has no bf16 arithmetic."""
-    bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536  # -65536 == 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@device_function
-def _operand(x, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    """A dot operand in the requested precision (bf16/fp16: rounded; emulated in fp32 in the interpreter)."""
-    if PRECISION == "bf16":
-        if EMULATE:
-            return _round_to_bf16(x)
-        else:
-            return x.to(tl.bfloat16)
-    elif PRECISION == "fp16":
-        if EMULATE:
-            return x.to(tl.float16).to(tl.float32)  # numpy's cast: round to nearest even
-        else:
-            return x.to(tl.float16)
-    else:
-        return x
-
-
-@device_function
-def _mm(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    """acc + a @ b; a is rounded here, b must already be an _operand(). Accumulates in acc's dtype
-    (out_dtype=acc.dtype: Triton 3.6 asserts that an fp64 accumulator is declared as such)."""
-    a = _operand(a, PRECISION, EMULATE)
-    if PRECISION == "tf32":
-        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
-    elif PRECISION == "bf16" or PRECISION == "fp16":
-        if EMULATE:
-            return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)  # exact products
-        else:
-            return tl.dot(a, b, acc, out_dtype=acc.dtype)  # 16-bit operands -> fp32 accumulator (mma)
-    else:
-        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
-
-
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_fwd_resident_kernel(
     xp_ptr,  # (T, B, H) input projections with both biases, state dtype, unit stride on H
     w_ptr,  # (H, H) W_hh, unit stride on the last dim
     hs_ptr,  # (T+1, B, H) state slots (see the module docstring); the h_0 slot is filled by the launcher
     hT_ptr,  # (B, H) out: h_T
+    guard_ptr,  # int32 (1,): the kernel runs only if *guard_ptr != 0 (see _recurrence_forward)
     T, B, H,
     stride_xt, stride_xb, stride_wn, stride_ht, stride_hb, stride_hTb,
     REVERSE,  # 0: t = 0..T-1; 1: t = T-1..0
     NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    if tl.load(guard_ptr) == 0:  # a persistent launch's fallback with nothing to redo
+        return
     # int64 for every offset that grows with T or B (the scalar base of a tile), int32 inside a tile
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     rb = tl.arange(0, BLOCK_B)
@@ -207,7 +186,7 @@ def _rnn_fwd_resident_kernel(
     # W_hh^T as a (K, N) tile: wt[k, n] = W_hh[n, k]; loaded once, held for all T steps
     wt = tl.load(w_ptr + cols[None, :] * stride_wn + cols[:, None], mask=col_ok[:, None] & col_ok[None, :],
                  other=0.0)
-    wt = _operand(wt, PRECISION, EMULATE)
+    wt = dot_operand(wt, PRECISION, EMULATE)
     xp_rows = xp_ptr + row0 * stride_xb
     hs_rows = hs_ptr + row0 * stride_hb
     x_off = rb[:, None] * stride_xb + cols[None, :]
@@ -216,7 +195,7 @@ def _rnn_fwd_resident_kernel(
     for s in range(T):
         t = s + REVERSE * (T - 1 - 2 * s)
         xp = tl.load(xp_rows + t.to(tl.int64) * stride_xt + x_off, mask=mask, other=0.0)
-        h = activation(_mm(h, wt, xp, PRECISION, EMULATE), NONLINEARITY)
+        h = activation(mm(h, wt, xp, PRECISION, EMULATE), NONLINEARITY)
         tl.store(hs_rows + (t + 1 - REVERSE).to(tl.int64) * stride_ht + h_off, h, mask=mask)
     tl.store(hT_ptr + row0 * stride_hTb + rb[:, None] * stride_hTb + cols[None, :], h, mask=mask)
 
@@ -229,6 +208,7 @@ def _rnn_bwd_resident_kernel(
     w_ptr,  # (H, H) W_hh
     da_ptr,  # (T, B, H) out: dA_t = dL/da_t
     dh0_ptr,  # (B, H) out: dL/dh_0
+    guard_ptr,  # int32 (1,): the kernel runs only if *guard_ptr != 0 (see _recurrence_forward)
     T, B, H,
     stride_dyt, stride_dyb, stride_dhTb, stride_ht, stride_hb, stride_wn, stride_dat, stride_dab,
     stride_dh0b,
@@ -237,6 +217,8 @@ def _rnn_bwd_resident_kernel(
     HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    if tl.load(guard_ptr) == 0:  # a persistent launch's fallback with nothing to redo
+        return
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     rb = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
@@ -245,7 +227,7 @@ def _rnn_bwd_resident_kernel(
     # W_hh as a (K, N) tile: g = dA_t @ W_hh, g[b, n] = sum_k dA_t[b, k] W_hh[k, n]
     w = tl.load(w_ptr + cols[:, None] * stride_wn + cols[None, :], mask=col_ok[:, None] & col_ok[None, :],
                 other=0.0)
-    w = _operand(w, PRECISION, EMULATE)
+    w = dot_operand(w, PRECISION, EMULATE)
     zero = tl.full((BLOCK_B, BLOCK_H), 0.0, hs_ptr.dtype.element_ty)  # tl.full: a builtin (tl.zeros is @jit)
     dy_rows = dy_ptr + row0 * stride_dyb
     hs_rows = hs_ptr + row0 * stride_hb
@@ -266,19 +248,21 @@ def _rnn_bwd_resident_kernel(
         h = tl.load(hs_rows + (t + 1 - REVERSE).to(tl.int64) * stride_ht + h_off, mask=mask, other=0.0)
         da = g * activation_grad_from_output(h, NONLINEARITY)
         tl.store(da_rows + t.to(tl.int64) * stride_dat + da_off, da, mask=mask)
-        g = _mm(da, w, zero, PRECISION, EMULATE)
+        g = mm(da, w, zero, PRECISION, EMULATE)
     tl.store(dh0_ptr + row0 * stride_dh0b + rb[:, None] * stride_dh0b + cols[None, :], g, mask=mask)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_fwd_tiled_kernel(
-    xp_ptr, w_ptr, hs_ptr, hT_ptr,  # as in _rnn_fwd_resident_kernel
+    xp_ptr, w_ptr, hs_ptr, hT_ptr, guard_ptr,  # as in _rnn_fwd_resident_kernel
     T, B, H,
     stride_xt, stride_xb, stride_wn, stride_ht, stride_hb, stride_hTb,
     REVERSE,
     NONLINEARITY: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    if tl.load(guard_ptr) == 0:  # a persistent launch's fallback with nothing to redo
+        return
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     rb = tl.arange(0, BLOCK_B)
     row_ok = rb < B - row0
@@ -305,7 +289,7 @@ def _rnn_fwd_tiled_kernel(
                 h = tl.load(h_prev + k0 + hk_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + (n0 * stride_wn + k0) + wt_off, mask=k_ok[:, None] & col_ok[None, :],
                              other=0.0)
-                acc = _mm(h, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+                acc = mm(h, dot_operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
             tl.store(h_next + n0 + hn_off, activation(acc, NONLINEARITY), mask=mask)
         # h_t was written by other threads of this program; the next step reads all of it
         tl.debug_barrier()
@@ -319,7 +303,7 @@ def _rnn_fwd_tiled_kernel(
 
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _rnn_bwd_tiled_kernel(
-    dy_ptr, dhT_ptr, hs_ptr, w_ptr, da_ptr, dh0_ptr,  # as in _rnn_bwd_resident_kernel
+    dy_ptr, dhT_ptr, hs_ptr, w_ptr, da_ptr, dh0_ptr, guard_ptr,  # as in _rnn_bwd_resident_kernel
     T, B, H,
     stride_dyt, stride_dyb, stride_dhTb, stride_ht, stride_hb, stride_wn, stride_dat, stride_dab,
     stride_dh0b,
@@ -328,6 +312,8 @@ def _rnn_bwd_tiled_kernel(
     HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    if tl.load(guard_ptr) == 0:  # a persistent launch's fallback with nothing to redo
+        return
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     rb = tl.arange(0, BLOCK_B)
     row_ok = rb < B - row0
@@ -365,7 +351,7 @@ def _rnn_bwd_tiled_kernel(
                     da_l = tl.load(da_later + k0 + dak_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                     w = tl.load(w_ptr + (k0 * stride_wn + n0) + w_off, mask=k_ok[:, None] & col_ok[None, :],
                                 other=0.0)
-                    acc = _mm(da_l, _operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+                    acc = mm(da_l, dot_operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
             h = tl.load(h_t + n0 + h_off, mask=mask, other=0.0)
             tl.store(da_t + n0 + dan_off, acc * activation_grad_from_output(h, NONLINEARITY), mask=mask)
         tl.debug_barrier()
@@ -379,7 +365,7 @@ def _rnn_bwd_tiled_kernel(
             k_ok = rk < H - k0
             da_f = tl.load(da_first + k0 + dak_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptr + (k0 * stride_wn + n0) + w_off, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = _mm(da_f, _operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+            acc = mm(da_f, dot_operand(w, PRECISION, EMULATE), acc, PRECISION, EMULATE)
         tl.store(dh0_rows + n0 + rb[:, None] * stride_dh0b + rn[None, :], acc,
                  mask=row_ok[:, None] & col_ok[None, :])
 
@@ -395,7 +381,7 @@ def _add_row_products(acc, a_rows, stride_a, w_rows, stride_w, K, row_ok, col_ok
                     other=0.0)
         wt = tl.load(w_rows + k0 + rn[None, :] * stride_w + rk[:, None], mask=k_ok[:, None] & col_ok[None, :],
                      other=0.0)
-        acc = _mm(a, _operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
+        acc = mm(a, dot_operand(wt, PRECISION, EMULATE), acc, PRECISION, EMULATE)
     return acc
 
 
@@ -498,12 +484,6 @@ def _step_config(batch: int, in_size: int, hidden: int, precision: str, device: 
     return _gpu_step_config()
 
 
-def _emulate(precision: str, t: torch.Tensor) -> bool:
-    """bf16/fp16 operands are emulated in fp32 in the interpreter, i.e. for CPU tensors (see the module docstring);
-    a GPU (or the compile report's meta tensors) gets the real 16-bit types."""
-    return precision in _LOW_PRECISION_DTYPE and interpreted(t)
-
-
 def _batch_tiled_launch(resident_fn, tiled_fn, batch: int, args: dict, constexprs: dict,
                         cfg: LaunchConfig) -> Launch:
     """The recurrence's launch: cfg's kernel and tile constants, one program per BLOCK_B rows of the batch."""
@@ -515,28 +495,44 @@ def _batch_tiled_launch(resident_fn, tiled_fn, batch: int, args: dict, constexpr
                   cfg.num_stages)
 
 
+_ALWAYS: dict = {}  # device -> int32 (1,) tensor holding 1: the guard of a launch that must run
+
+
+def _always(device: torch.device) -> torch.Tensor:
+    """The guard of every launch that must run: an int32 1 on the device, made on first use and only read after
+    (the launch that follows its creation on the same stream sees it written)."""
+    device = torch.device(device)
+    if device not in _ALWAYS:
+        _ALWAYS[device] = torch.ones(1, dtype=torch.int32, device=device)
+    return _ALWAYS[device]
+
+
 def _forward_launch(xp, w_hh, hs, hT, reverse: bool, nonlinearity: str, precision: str,
-                    cfg: LaunchConfig) -> Launch:
+                    cfg: LaunchConfig, guard: torch.Tensor | None = None) -> Launch:
+    """guard: None (run), or an int32 (1,) tensor read on the device: the kernel does nothing while it holds 0."""
     T, B, H = xp.shape
-    args = dict(xp_ptr=xp, w_ptr=w_hh, hs_ptr=hs, hT_ptr=hT, T=T, B=B, H=H, stride_xt=xp.stride(0),
+    guard = _always(xp.device) if guard is None else guard
+    args = dict(xp_ptr=xp, w_ptr=w_hh, hs_ptr=hs, hT_ptr=hT, guard_ptr=guard, T=T, B=B, H=H, stride_xt=xp.stride(0),
                 stride_xb=xp.stride(1), stride_wn=w_hh.stride(0), stride_ht=hs.stride(0), stride_hb=hs.stride(1),
                 stride_hTb=hT.stride(0), REVERSE=int(reverse))
     constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                      EMULATE=_emulate(precision, xp))
+                      EMULATE=emulated(precision, xp))
     return _batch_tiled_launch(_rnn_fwd_resident_kernel, _rnn_fwd_tiled_kernel, B, args, constexprs, cfg)
 
 
 def _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse: bool, nonlinearity: str, precision: str,
-                     cfg: LaunchConfig) -> Launch:
+                     cfg: LaunchConfig, guard: torch.Tensor | None = None) -> Launch:
     T, B, H = da.shape
     dy_arg = dy if dy is not None else da  # never read when HAS_DY is False
     dhT_arg = dhT if dhT is not None else dh0
-    args = dict(dy_ptr=dy_arg, dhT_ptr=dhT_arg, hs_ptr=hs, w_ptr=w_hh, da_ptr=da, dh0_ptr=dh0, T=T, B=B, H=H,
+    guard = _always(da.device) if guard is None else guard
+    args = dict(dy_ptr=dy_arg, dhT_ptr=dhT_arg, hs_ptr=hs, w_ptr=w_hh, da_ptr=da, dh0_ptr=dh0, guard_ptr=guard,
+                T=T, B=B, H=H,
                 stride_dyt=dy_arg.stride(0), stride_dyb=dy_arg.stride(1), stride_dhTb=dhT_arg.stride(0),
                 stride_ht=hs.stride(0), stride_hb=hs.stride(1), stride_wn=w_hh.stride(0), stride_dat=da.stride(0),
                 stride_dab=da.stride(1), stride_dh0b=dh0.stride(0), REVERSE=int(reverse))
     constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision,
-                      EMULATE=_emulate(precision, da), HAS_DY=dy is not None, HAS_DHT=dhT is not None)
+                      EMULATE=emulated(precision, da), HAS_DY=dy is not None, HAS_DHT=dhT is not None)
     return _batch_tiled_launch(_rnn_bwd_resident_kernel, _rnn_bwd_tiled_kernel, B, args, constexprs, cfg)
 
 
@@ -549,7 +545,7 @@ def _step_launch(x, h, w_ih, w_hh, b_ih, b_hh, out, nonlinearity: str, precision
                 b_hh_ptr=b_hh if has_bias else out, out_ptr=out, B=B, I=I, H=H, stride_xb=x.stride(0),
                 stride_hb=h.stride(0), stride_wih=w_ih.stride(0), stride_whh=w_hh.stride(0), stride_ob=out.stride(0))
     constexprs = dict(NONLINEARITY=nonlinearity_code(nonlinearity), PRECISION=precision, IN_PRECISION=in_precision,
-                      EMULATE=_emulate(precision, x), HAS_BIAS=has_bias, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+                      EMULATE=emulated(precision, x), HAS_BIAS=has_bias, BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
                       BLOCK_K=cfg.block_k)
     return Launch(_rnn_step_kernel, (triton.cdiv(H, cfg.block_n), triton.cdiv(B, cfg.block_b)), args, constexprs,
                   cfg.num_warps, cfg.num_stages)
@@ -558,74 +554,63 @@ def _step_launch(x, h, w_ih, w_hh, b_ih, b_hh, out, nonlinearity: str, precision
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """The kernels need unit stride on the last dim only; other strides are passed as arguments."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _check_launch(name: str, t: torch.Tensor, shape, dtype, device) -> None:
-    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
-        raise ValueError(f"{name}: expected {tuple(shape)} {dtype} on {device}, "
-                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-
-
 def _recurrence_forward(xp: torch.Tensor, h0: torch.Tensor | None, w_hh: torch.Tensor, reverse: bool,
-                        nonlinearity: str, precision: str, cfg: LaunchConfig | None = None):
+                        nonlinearity: str, precision: str, cfg: LaunchConfig | PersistentConfig | None = None):
     """Runs h_t = phi(xp_t + h_{t-1} W_hh^T) for all t in one launch.
 
-    xp: (T, B, H) fp32|fp64; h0: (B, H) or None (zeros); w_hh: (H, H). cfg: None picks the device's.
+    xp: (T, B, H) fp32|fp64; h0: (B, H) or None (zeros); w_hh: (H, H). cfg: None picks the device's (on a GPU,
+    persistent or tiled: _persistent_config), a LaunchConfig runs that batch-tiled kernel, a PersistentConfig the
+    persistent kernels with those tiles.
     Returns (y (T, B, H) a view of hs, h_T (B, H), hs (T+1, B, H) the state slots kept for backward)."""
-    if xp.dim() != 3 or xp.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"xp: expected a 3-D float32/float64 tensor, got {xp.dim()}-D {xp.dtype}")
+    xp, w_hh, hs, hT = forward_buffers(xp, h0, w_hh, reverse, precision)
     T, B, H = xp.shape
-    if T == 0 or B == 0 or H == 0:
-        raise ValueError(f"xp: every size must be > 0, got {tuple(xp.shape)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    check_device(xp, "xp")
-    _check_launch("w_hh", w_hh, (H, H), xp.dtype, xp.device)
-    if h0 is not None:
-        _check_launch("h0", h0, (B, H), xp.dtype, xp.device)
-    xp = _inner_contiguous(xp)
-    w_hh = _inner_contiguous(w_hh)
-    hs = empty((T + 1, B, H), xp.dtype, xp.device)
-    h0_slot = hs[T] if reverse else hs[0]
-    if h0 is None:
-        h0_slot.zero_()
-    else:
-        h0_slot.copy_(h0)
-    hT = empty((B, H), xp.dtype, xp.device)
-    cfg = cfg or _pick_config(B, H, precision, xp.device)
-    _forward_launch(xp, w_hh, hs, hT, reverse, nonlinearity, precision, cfg)()
+    tiled = cfg if isinstance(cfg, LaunchConfig) else _pick_config(B, H, precision, xp.device)
+    chosen = _persistent_config(cfg, xp, lambda: persistent.choose_forward(xp, w_hh, hs, hT, reverse, nonlinearity,
+                                                                           precision))
+    if chosen is None:
+        _forward_launch(xp, w_hh, hs, hT, reverse, nonlinearity, precision, tiled)()
+    else:  # the fallback: the tiled kernel into the same outputs, guarded by the persistent launch's error flag
+        persistent.run_forward(xp, w_hh, hs, hT, reverse, nonlinearity, precision, config=chosen,
+                               fallback=lambda flag: _forward_launch(xp, w_hh, hs, hT, reverse, nonlinearity,
+                                                                     precision, tiled, guard=flag)())
     y = hs[:T] if reverse else hs[1:]
     return y, hT, hs
 
 
 def _recurrence_backward(dy: torch.Tensor | None, dhT: torch.Tensor | None, hs: torch.Tensor,
                          w_hh: torch.Tensor, reverse: bool, nonlinearity: str, precision: str,
-                         cfg: LaunchConfig | None = None):
+                         cfg: LaunchConfig | PersistentConfig | None = None):
     """Walks t in reverse: dA_t = (dy_t + dA_{t+1} W_hh) * phi'(h_t). Returns (dA (T, B, H), dh_0 (B, H))."""
-    T1, B, H = hs.shape
-    T = T1 - 1
-    dtype, device = hs.dtype, hs.device
-    _check_launch("w_hh", w_hh, (H, H), dtype, device)
-    if dy is not None:
-        _check_launch("dy", dy, (T, B, H), dy.dtype, device)
-        dy = _inner_contiguous(dy)
-    if dhT is not None:
-        _check_launch("dhT", dhT, (B, H), dhT.dtype, device)
-        dhT = _inner_contiguous(dhT)
-    w_hh = _inner_contiguous(w_hh)
-    da = empty((T, B, H), dtype, device)
-    dh0 = empty((B, H), dtype, device)
-    _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse, nonlinearity, precision,
-                     cfg or _pick_config(B, H, precision, device))()
+    dy, dhT, w_hh, da, dh0 = backward_buffers(dy, dhT, hs, w_hh, precision)
+    T, B, H = da.shape
+    tiled = cfg if isinstance(cfg, LaunchConfig) else _pick_config(B, H, precision, da.device)
+    chosen = _persistent_config(cfg, da, lambda: persistent.choose_backward(dy, dhT, hs, w_hh, da, dh0, reverse,
+                                                                            nonlinearity, precision))
+    if chosen is None:
+        _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse, nonlinearity, precision, tiled)()
+    else:
+        persistent.run_backward(dy, dhT, hs, w_hh, da, dh0, reverse, nonlinearity, precision, config=chosen,
+                                fallback=lambda flag: _backward_launch(dy, dhT, hs, w_hh, da, dh0, reverse,
+                                                                       nonlinearity, precision, tiled, guard=flag)())
     return da, dh0
+
+
+def _persistent_config(cfg, t: torch.Tensor, choose) -> PersistentConfig | None:
+    """The persistent tiles a launch runs with, or None for the batch-tiled kernels: a forced PersistentConfig;
+    with nothing forced, on a GPU, choose()'s (kernels/_rnn_persistent.py: cached per device and shape, logged
+    once); never in the interpreter (its programs run one after another: a barrier between N-slices could not
+    complete there)."""
+    if isinstance(cfg, PersistentConfig):
+        return cfg
+    if cfg is not None or interpreted(t):
+        return None
+    choice = choose()
+    return choice.config if choice.path == "persistent" else None
 
 
 def _round_operand(t: torch.Tensor, precision: str) -> torch.Tensor:
     """bf16/fp16: t rounded to that dtype (kept in t's dtype). Straight-through: the gradient passes unrounded."""
-    low = _LOW_PRECISION_DTYPE.get(precision)
+    low = LOW_PRECISION_DTYPE.get(precision)
     if low is None:
         return t
     return t + (t.detach().to(low).to(t.dtype) - t.detach())
@@ -638,7 +623,8 @@ class _Recurrence(torch.autograd.Function):
     """(xp, h0, W_hh) -> (y, h_T) for one layer and direction; backward = one reverse launch + one GEMM."""
 
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, reverse: bool, nonlinearity: str, precision: str, cfg: LaunchConfig | None):
+    def forward(ctx, xp, h0, w_hh, reverse: bool, nonlinearity: str, precision: str,
+                cfg: LaunchConfig | PersistentConfig | None):
         y, hT, hs = _recurrence_forward(xp, h0, w_hh, reverse, nonlinearity, precision, cfg)
         ctx.save_for_backward(hs, w_hh)
         ctx.reverse, ctx.nonlinearity, ctx.precision, ctx.cfg = reverse, nonlinearity, precision, cfg
@@ -847,7 +833,8 @@ def _run_layers(a: _Args, one_direction):
 # Public functions
 # ----------------------------------------------------------------------------------------------------------
 def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0,
-        training=False, bidirectional=False, precision=None, launch_config: LaunchConfig | None = None):
+        training=False, bidirectional=False, precision=None,
+        launch_config: LaunchConfig | PersistentConfig | None = None):
     """torch.nn.RNN's forward, computed by rnnlm's Triton recurrence kernels.
 
     Args:
@@ -861,7 +848,9 @@ def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, 
             as in torch.nn.RNN (dropout acts between layers, only when training is True).
         precision: None (auto: "bf16"/"fp16" under torch.autocast, "tf32" on CUDA when cuDNN's RNN may use
             TF32, else "ieee") | "ieee" | "tf32" | "bf16" | "fp16". See the module docstring.
-        launch_config: None (the device's choice) or a LaunchConfig to run that kernel variant.
+        launch_config: None (the device's choice: on a GPU the persistent kernels where recurrence_path() says
+            so, else the batch-tiled ones), a LaunchConfig to run that batch-tiled kernel variant, or a
+            PersistentConfig to run the persistent kernels with those tiles (and form).
 
     Returns:
         (output, h_n) as nn.RNN: output (T, B, D*H) (batch_first: (B, T, D*H); unbatched: (T, D*H)) and
@@ -875,8 +864,9 @@ def rnn(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, 
     a = _check_args(input, hx, flat_weights, num_layers, nonlinearity, bias, batch_first, dropout, training,
                     bidirectional, precision)
     check_device(input, "input")
-    if launch_config is not None and not isinstance(launch_config, LaunchConfig):
-        raise ValueError(f"launch_config must be None or a LaunchConfig, got {type(launch_config).__name__}")
+    if launch_config is not None and not isinstance(launch_config, (LaunchConfig, PersistentConfig)):
+        raise ValueError(f"launch_config must be None, a LaunchConfig or a PersistentConfig, got "
+                         f"{type(launch_config).__name__}")
 
     def one_direction(x, h0, w_ih, w_hh, b_ih, b_hh, reverse):
         T, B, I = x.shape
@@ -923,18 +913,31 @@ def rnn_step(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=T
         in_precision = "tf32" if x.device.type == "cuda" and cuda_matmul_allows_tf32() else "ieee"
     h_n = empty((a.num_layers, B, H), a.state_dtype, x.device)
     for layer in range(a.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (None if w is None else _inner_contiguous(w.to(a.state_dtype))
+        w_ih, w_hh, b_ih, b_hh = (None if w is None else inner_contiguous(w.to(a.state_dtype))
                                   for w in a.weights[layer])
         if a.h0 is None:
             h = torch.zeros((B, H), dtype=a.state_dtype, device=x.device)
         else:
-            h = _inner_contiguous(a.h0[layer].to(a.state_dtype))
+            h = inner_contiguous(a.h0[layer].to(a.state_dtype))
         cfg = _step_config(B, x.shape[1], H, a.precision, x.device)
-        _step_launch(_inner_contiguous(x), h, w_ih, w_hh, b_ih, b_hh, h_n[layer], a.nonlinearity, a.precision,
+        _step_launch(inner_contiguous(x), h, w_ih, w_hh, b_ih, b_hh, h_n[layer], a.nonlinearity, a.precision,
                      in_precision, cfg)()
         x = h_n[layer]
     h_n = h_n.to(a.out_dtype)
     return h_n[-1], h_n
+
+
+def recurrence_path(device, batch: int, hidden: int, precision: str, *, nonlinearity: str = "tanh",
+                    backward: bool = False) -> PathChoice | None:
+    """Which kernels rnn() runs (with no launch_config) for one layer's recurrence of (batch, hidden) on device,
+    and why: str() of it is the one line the log gets ("recurrence: persistent (128 programs ...)"), which the
+    benchmarks put in their extra_info. On a GPU the choice is made, and cached, at the first such launch
+    (forward or backward), so this returns None until then; in the interpreter it is always the batch-tiled
+    kernels."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return PathChoice("tiled", "Triton's interpreter runs programs one after another: no grid barrier")
+    return persistent.cached_choice(device, batch, hidden, precision, nonlinearity, backward)
 
 
 def rnn_reference(input, hx, flat_weights, *, num_layers, nonlinearity="tanh", bias=True, batch_first=False,

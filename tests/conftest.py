@@ -128,8 +128,9 @@ class HostSyncs(TorchDispatchMode):
     __float__ / __int__ / __index__ / tolist / numpy / cpu / nonzero and torch.nonzero, torch.cuda.synchronize
     (also under torch.inference_mode, which hides tensors from dispatch modes). Dispatch-level: aten ops that read
     a value (_local_scalar_dense) or size their output by the data (nonzero, masked_select, unique, ...) and copies
-    from a device to the CPU, called from C++ (outside inference mode). A read counted at the Python level is not
-    counted again below it. On the CPU these are the calls that synchronise on a GPU, so a CPU test can hold the
+    from a device to the CPU, called from C++ (outside inference mode), except a non-blocking copy_ into pinned
+    memory (it returns at once; its reader waits on an event, as the persistent recurrence's flag copy does). A
+    read counted at the Python level is not counted again below it. On the CPU these are the calls that synchronise on a GPU, so a CPU test can hold the
     count. `calls` lists them."""
 
     SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
@@ -166,7 +167,11 @@ class HostSyncs(TorchDispatchMode):
             elif name in ("_to_copy", "copy_"):
                 src = args[1] if name == "copy_" else args[0]
                 dst = args[0].device if name == "copy_" else kwargs.get("device") or args[0].device
-                if isinstance(src, torch.Tensor) and src.device.type != "cpu" and torch.device(dst).type == "cpu":
+                # a non-blocking copy into pinned memory returns at once (the caller reads it after an event)
+                async_copy = name == "copy_" and (args[2] if len(args) > 2 else kwargs.get("non_blocking", False)) \
+                    and args[0].is_pinned()
+                if isinstance(src, torch.Tensor) and src.device.type != "cpu" and torch.device(dst).type == "cpu" \
+                        and not async_copy:
                     self.calls.append(f"aten.{name} to cpu")
         return func(*args, **kwargs)
 

@@ -1,9 +1,11 @@
 """The compile report: every kernel configuration builds for sm_80 and sm_90 without spills, within shared
-memory, with tensor-core instructions where the configuration expects them and cp.async where it is pipelined
-(issues 3 and 10), each specialised as Triton specialises the launch it stands for.
+memory, with tensor-core instructions where the configuration expects them, cp.async where it is pipelined and
+a grid barrier's release/acquire instructions where it has one (issues 3, 10 and 11), each specialised and
+compiled as Triton compiles the launch it stands for (launch options included).
 
 The machinery is tested on tiny kernels defined here (a tf32 tl.dot that must emit mma/wgmma, an ieee one, a
-pipelined loop that must emit cp.async, and one that spills on purpose); the specialization rule is checked against
+pipelined loop that must emit cp.async, one that spills on purpose, a cooperative grid barrier, and one whose
+relaxed atomics must be flagged); the specialization rule is checked against
 the installed Triton's own; the real kernels are compiled once per session, and every kernel module that exists on
 disk must pass. A module that does not exist yet is skipped with a reason naming it.
 """
@@ -59,6 +61,22 @@ def loop_dot_kernel(a_ptr, b_ptr, c_ptr, K, BLOCK: tl.constexpr):
     tl.store(c_ptr + rm[:, None] * BLOCK + rn[None, :], acc)
 
 
+@triton.jit
+def barrier_kernel(counter_ptr, x_ptr, ORDERED: tl.constexpr):
+    # a one-step grid barrier: arrive with release, wait with acquire (or, unordered, with relaxed atomics)
+    tl.store(x_ptr + tl.program_id(0), 1.0)
+    tl.debug_barrier()
+    if ORDERED:
+        count = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") + 1
+        while count < tl.num_programs(0):
+            count = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    else:
+        count = tl.atomic_add(counter_ptr, 1, sem="relaxed", scope="gpu") + 1
+        while count < tl.num_programs(0):
+            count = tl.atomic_add(counter_ptr, 0, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+
+
 def gpu_compile_configs():
     from kernels.compile_report import CompileConfig
     sig = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "stride": "i32"}
@@ -76,16 +94,22 @@ def gpu_compile_configs():
         # one stage: nothing is prefetched, so a config that claims cp.async must be flagged
         CompileConfig("loop_unpipelined", loop_dot_kernel, loop_sig, {"BLOCK": 64}, True, num_stages=1,
                       attrs=aligned, expect_cp_async=True),
+        CompileConfig("barrier", barrier_kernel, {"counter_ptr": "*i32", "x_ptr": "*fp32"}, {"ORDERED": True},
+                      False, options={"launch_cooperative_grid": True}, expect_barrier=True),
+        # relaxed atomics order nothing: a config that claims a barrier must be flagged
+        CompileConfig("barrier_relaxed", barrier_kernel, {"counter_ptr": "*i32", "x_ptr": "*fp32"},
+                      {"ORDERED": False}, False, expect_barrier=True),
     ]
 '''
 
 
 def test_compile_config_is_plain_dataclass():
     cfg = cr.CompileConfig(name="x", fn=None, signature={"a": "*fp32"}, constexprs={}, expect_tensor_cores=False)
-    assert (cfg.num_warps, cfg.num_stages, cfg.attrs, cfg.expect_cp_async, cfg.maxnreg) == (4, 1, {}, False, None)
+    assert (cfg.num_warps, cfg.num_stages, cfg.attrs, cfg.expect_cp_async, cfg.maxnreg, cfg.options,
+            cfg.expect_barrier) == (4, 1, {}, False, None, {}, False)
     assert [f.name for f in __import__("dataclasses").fields(cfg)] == [
         "name", "fn", "signature", "constexprs", "expect_tensor_cores", "num_warps", "num_stages", "attrs",
-        "expect_cp_async", "maxnreg"]
+        "expect_cp_async", "maxnreg", "options", "expect_barrier"]
     assert cr.CompileConfig is _utils.CompileConfig  # the report re-exports the ops' own class
 
 
@@ -98,6 +122,25 @@ def test_cp_async_instruction_parser():
         ld.global.v4.b32 { %r4, %r5, %r6, %r7 }, [ %rd3 + 0 ];
     """)
     assert cr.cp_async_instructions(ptx) == {"cp.async.cg.shared.global": 1, "cp.async.ca.shared.global": 1}
+
+
+def test_barrier_instruction_parser():
+    """A grid barrier's arrive (release) and wait (acquire), as Triton 3.5 to 3.9 write them (atom.acq_rel,
+    ld.acquire), or with an acquire atomic; plain and relaxed atomics are not ordered instructions."""
+    ptx = textwrap.dedent("""
+        @%p1 atom.global.gpu.acq_rel.add.u32 %r1, [ %rd1 + 0 ], %r2;
+        ld.global.gpu.acquire.b32 %r3, [ %rd1 + 0 ];
+        atom.global.gpu.relaxed.add.u32 %r4, [ %rd2 + 0 ], 0;
+        atom.global.add.u32 %r5, [ %rd2 + 0 ], 1;
+    """)
+    found = cr.ordered_memory_instructions(ptx)
+    assert found == {"atom.global.gpu.acq_rel.add.u32": 1, "ld.global.gpu.acquire.b32": 1}
+    assert cr.barrier_problem(found) is None
+    assert cr.barrier_problem({"atom.global.gpu.acquire.add.u32": 2, "atom.global.gpu.acq_rel.add.u32": 1}) is None
+    assert "release" in cr.barrier_problem({"ld.global.gpu.acquire.b32": 1})
+    assert "acquire" in cr.barrier_problem({"atom.global.gpu.acq_rel.add.u32": 1})
+    row = {"num_warps": 8, "num_stages": 1, "cooperative": True, "expect_barrier": True, "barrier_instructions": found}
+    assert cr._stages_cell(row) == "8/1, cooperative, barrier atom.acq_rel ×1 ld.acquire ×1"
 
 
 def _triton_specialize(value, specialize: bool, align: bool):
@@ -172,9 +215,9 @@ def test_machinery_on_tiny_kernels(tmp_path, monkeypatch):
     report = cr.compile_report((80, 90), modules, jobs=2)
     assert not report["cached"]
     assert report["modules"]["tiny_cr_not_there"].startswith("missing")
-    assert report["modules"]["tiny_cr_kernels"].startswith("ok (6 configurations)")
+    assert report["modules"]["tiny_cr_kernels"].startswith("ok (8 configurations)")
     rows = {(r["config"], r["arch"]): r for r in report["rows"]}
-    assert len(rows) == 12 and [r["arch"] for r in report["rows"][:2]] == ["sm_80", "sm_90"]
+    assert len(rows) == 16 and [r["arch"] for r in report["rows"][:2]] == ["sm_80", "sm_90"]
 
     for arch in ("sm_80", "sm_90"):
         tf32 = rows[("dot_tf32", arch)]
@@ -200,17 +243,26 @@ def test_machinery_on_tiny_kernels(tmp_path, monkeypatch):
         flat = rows[("loop_unpipelined", arch)]
         assert not flat["ok"] and any("cp.async" in p for p in flat["problems"])
 
+        barrier = rows[("barrier", arch)]
+        assert barrier["ok"] and barrier["cooperative"], barrier["problems"]
+        assert any("acq_rel" in i for i in barrier["barrier_instructions"])
+        assert any(".acquire" in i for i in barrier["barrier_instructions"])
+        relaxed = rows[("barrier_relaxed", arch)]
+        assert not relaxed["ok"] and not relaxed["cooperative"] and any("release arrive" in p
+                                                                        for p in relaxed["problems"])
+
     out = tmp_path / "out"
     cr.write_report(report, out)
     data = json.loads((out / "compile_report.json").read_text())
-    assert len(data["rows"]) == 12
+    assert len(data["rows"]) == 16
     md = (out / "compile_report.md").read_text()
     assert "tiny_cr_not_there" in md and "| dot_kernel | dot_tf32 | sm_90 |" in md and "wgmma" in md
     assert "| 4/3, cp.async ×" in md  # the pipelined configuration's copies, beside warps/stages
 
     again = cr.compile_report((90,), modules)  # from the cache: no compilation
     assert again["cached"] and [r["config"] for r in again["rows"]] == [
-        "dot_tf32", "dot_ieee", "dot_ieee_claims_tc", "spill", "loop_pipelined", "loop_unpipelined"]
+        "dot_tf32", "dot_ieee", "dot_ieee_claims_tc", "spill", "loop_pipelined", "loop_unpipelined", "barrier",
+        "barrier_relaxed"]
 
 
 # ---------------------------------------------------------------------------------------------- real kernels
@@ -261,3 +313,30 @@ def test_tiled_recurrence_kernels_are_pipelined(real_report):
         assert r["num_stages"] > 1 and r["expect_cp_async"], r["config"]
         assert sum(r["cp_async_instructions"].values()) > 0, r["config"]
         assert r["spill_stores"] == 0 and r["local_bytes"] == 0 and r["shared_bytes"] <= cr.SHARED_LIMIT[r["cc"]]
+
+
+@pytest.mark.slow
+def test_persistent_recurrence_configurations(real_report):
+    """Issue 11's proof: every persistent configuration the launcher can choose (forward and backward x tanh/relu x
+    ieee/tf32/bf16/fp16 x padded H 256/512/1024, and H = 300 for ieee/tf32), for sm_80 and sm_90, compiled with the
+    cooperative-launch flag and its register cap: no spills, shared memory within the limit, mma for the
+    tensor-core precisions, the barrier's release arrive and acquire wait in the PTX; and, from these figures,
+    two programs an SM up to padded H 512 (what lets an A100's 108 SMs hold the default model's 128 programs)."""
+    from kernels import _rnn_persistent as P
+
+    rows = [r for r in real_report["rows"] if r["module"] == "kernels._rnn_persistent"]
+    configs = {c.name: c for c in P.gpu_compile_configs()}
+    assert {(r["config"], r["arch"]) for r in rows} == {(n, a) for n in configs for a in ("sm_80", "sm_90")}
+    precisions = {r["constexprs"]["PRECISION"] for r in rows}
+    assert precisions == {"ieee", "tf32", "bf16", "fp16"}
+    for r in rows:
+        cfg = configs[r["config"]]
+        assert r["ok"], (r["config"], r["arch"], r["problems"])
+        assert r["cooperative"] and r["expect_barrier"] and r["maxnreg"] == cfg.maxnreg
+        assert r["spill_stores"] == 0 and r["local_bytes"] == 0 and r["shared_bytes"] <= r["shared_limit"]
+        assert any(".acquire" in i for i in r["barrier_instructions"]), r["config"]
+        assert any("acq_rel" in i for i in r["barrier_instructions"]), r["config"]
+        if r["constexprs"]["PRECISION"] != "ieee":
+            assert any(i.startswith("mma.sync") for i in r["tensor_core_instructions"]), r["config"]
+        res = P.KernelResources(r["registers"], r["shared_bytes"], r["num_warps"])
+        assert P.programs_per_sm(res, r["cc"]) >= (2 if r["constexprs"]["BLOCK_K"] <= 512 else 1), r["config"]

@@ -64,14 +64,23 @@ def test_gpu_check_runs_in_the_interpreter_without_optional_packages(tmp_path):
     assert precisions == {"fp32", "tf32", "bf16"}
     assert {r["mode"] for r in data["recurrence"]} == {"forward", "forward+backward"}
     assert {(r["B"], r["H"]) for r in data["recurrence"]} >= {(b, h) for b in (1, 4) for h in (16, 32)}
+    # the launcher's choice in every row, and the persistent kernels timed beside it (in the interpreter in the one
+    # form it can run, one N-slice per batch tile; on a GPU where chosen, or where only the H <= 128 rule kept them)
+    for r in data["recurrence"]:
+        assert r["recurrence_path"] == ("fwd tiled, bwd tiled" if r["mode"] == "forward+backward" else "fwd tiled")
+        assert "Triton's interpreter" in r["recurrence_choice"]
+        assert r["tiled_s"] == r["triton_s"] and r["persistent_s"] > 0
+        assert set(r["us_per_layer_step"]) == {"cudnn", "triton", "tiled", "persistent"}
     assert {r["op"] for r in data["row_ops"]} == {"softmax", "sampling", "cross-entropy fwd+bwd"}
     assert all(r["triton_gbps"] > 0 and r["torch_fraction_of_copy"] > 0 for r in data["row_ops"])
     assert {r["what"] for r in data["model"]} == {"training step", "generation (1 sample)"}
     report = (out / "report.md").read_text()
     assert "INTERPRETER FIGURES" in report and "cuDNN algorithm" in report
     printed = [line for line in proc.stdout.splitlines() if "time ratio" in line]
-    assert len(printed) == len(data["headlines"]) == 6 + 3 + 2
-    assert all(line.startswith("[interpreter figures, not GPU speed]") for line in printed)
+    assert len(printed) == 6 + 3 + 2 and len(data["headlines"]) == 6 + 3 + 2 + 1
+    goal = [line for line in proc.stdout.splitlines() if "nn.RNN time / persistent time" in line]
+    assert len(goal) == 1 and "goal >= 2x" in goal[0] and all(p in goal[0] for p in ("fp32 ", "tf32 ", "bf16 "))
+    assert all(line.startswith("[interpreter figures, not GPU speed]") for line in printed + goal)
 
 
 def test_stage_selection_and_bad_stage(tmp_path):

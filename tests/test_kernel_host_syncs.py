@@ -83,6 +83,12 @@ def test_counter_sees_every_kind_of_host_read(host_syncs):
         u = torch.ones(3, device=DEVICE)
         bool(u.sum() > 0), float(u[0]), u.tolist(), torch.nonzero(u)
     assert syncs.count == 4, syncs.calls
+    if DEVICE.type == "cuda":  # device-to-host copies: a blocking one waits, a non-blocking one into pinned memory not
+        pinned = torch.empty(3, pin_memory=True)
+        with host_syncs() as syncs:
+            pinned.copy_(t, non_blocking=True)
+            torch.empty(3).copy_(t)
+        assert syncs.calls == ["aten.copy_ to cpu"], syncs.calls
 
 
 @pytest.mark.parametrize("backend", ["cudnn", "triton"])
