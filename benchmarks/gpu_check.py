@@ -145,25 +145,59 @@ def _time(fn, device, plan: Plan) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------- stages
-def run_kernel_tests(out: Path, plan: Plan) -> dict:
-    """The kernel tests in a subprocess (on CUDA: all of them; in the interpreter: INTERPRETER_TESTS)."""
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def _pytest_spread(plan: Plan) -> list[str]:
+    """On a GPU the tests stage is bound by compiling kernels (one CPU core each): one pytest-xdist worker per
+    test file where the image has pytest-xdist (a CUDA image does), each test named as it passes, so that a
+    stage cut short by its deadline still says what passed. In the interpreter: quiet and serial."""
+    if plan.interpreted:
+        return ["-q"]
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return ["-v"]
+    return ["-v", "-n", str(min(len(KERNEL_TEST_FILES), max(1, (os.cpu_count() or 2) - 1))), "--dist", "loadfile"]
+
+
+def _counts_from_log(log: str) -> dict:
+    outcome = {"PASSED": None, "FAILED": "failures", "ERROR": "errors", "SKIPPED": "skipped"}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for line in log.splitlines():
+        words = line.replace("]", " ").split()
+        hit = next((w for w in words if w in outcome), None)
+        if hit and "::" in line:
+            counts["tests"] += 1
+            if outcome[hit]:
+                counts[outcome[hit]] += 1
+    return counts
+
+
+def run_kernel_tests(out: Path, plan: Plan, timeout: float | None = None) -> dict:
+    """The kernel tests in a subprocess (on CUDA: all of them; in the interpreter: INTERPRETER_TESTS), stopped
+    after `timeout` seconds (default: the plan's)."""
+    timeout = plan.test_timeout if timeout is None else timeout
     junit = out / "kernel_tests.xml"
     targets = list(INTERPRETER_TESTS if plan.interpreted else KERNEL_TEST_FILES)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
-           f"--junitxml={junit}", *targets]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
+           f"--junitxml={junit}", *_pytest_spread(plan), *targets]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=plan.test_timeout)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         log, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as err:
-        log, code = f"{err.stdout or ''}{err.stderr or ''}\nTIMEOUT after {plan.test_timeout} s", -1
-    (out / "kernel_tests.log").write_text(log if isinstance(log, str) else log.decode(errors="replace"))
+        log, code = f"{_text(err.stdout)}{_text(err.stderr)}\nTIMEOUT after {timeout} s", -1
+    (out / "kernel_tests.log").write_text(_text(log))
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if junit.is_file():
         for suite in ET.parse(junit).getroot().iter("testsuite"):
             for key in counts:
                 counts[key] += int(suite.get(key, 0))
+    else:  # stopped before pytest wrote its report: count what the -v log named
+        counts = _counts_from_log(_text(log))
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return {"command": " ".join(cmd[1:]), "exit_code": code, "passed": passed, **counts,
             "seconds": round(time.perf_counter() - t0, 1), "subset": plan.interpreted,
@@ -478,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="folder for report.md, gpu_check.json, the plots and the tests' log")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help="finish within this many seconds: the tests stage gets what the stages before it "
+                             "left (give it last), and the report is rewritten after every stage")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     stages = [s for s in args.stages.split(",") if s]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -496,7 +534,13 @@ def main(argv: list[str] | None = None) -> int:
                     device=rt["device"] if device.type == "cuda" else "cpu (Triton interpreter)", torch=rt["torch"],
                     triton=rt["triton"], date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     plan=asdict(plan), command=" ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]))
-    runners = {"tests": lambda: report.kernel_tests.update(run_kernel_tests(out, plan)),
+
+    def tests_timeout() -> float:
+        if args.deadline is None:
+            return plan.test_timeout
+        return max(10.0, min(plan.test_timeout, args.deadline - (time.perf_counter() - started) - 30))
+
+    runners = {"tests": lambda: report.kernel_tests.update(run_kernel_tests(out, plan, tests_timeout())),
                "recurrence": lambda: run_recurrence(device, plan, report),
                "rows": lambda: run_rows(device, plan, report),
                "model": lambda: run_model(device, plan, report)}
@@ -508,6 +552,17 @@ def main(argv: list[str] | None = None) -> int:
             report.errors.append(f"{stage}: {type(err).__name__}: {err}")
             (out / f"error_{stage}.txt").write_text(traceback.format_exc())
         report.seconds[stage] = round(time.perf_counter() - t0, 1)
+        write_files(out, report, plots=[])  # a run stopped from outside keeps the stages it finished
+    return finish(out, report, plan)
+
+
+def write_files(out: Path, report: Report, plots: list[str]) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(asdict(report), indent=1, default=str))
+    write_markdown(out, report, plots)
+
+
+def finish(out: Path, report: Report, plan: Plan) -> int:
+    """Plots, the final report files and the printed headlines; the exit status."""
     if report.kernel_tests and not report.kernel_tests["ok"]:
         report.errors.append(f"tests: {report.kernel_tests['failures']} failed, {report.kernel_tests['errors']} "
                              f"errors (exit code {report.kernel_tests['exit_code']}); see kernel_tests.log")
@@ -516,8 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         plots = write_plots(out, report)
     except Exception as err:  # noqa: BLE001
         report.errors.append(f"plots: {type(err).__name__}: {err}")
-    (out / "gpu_check.json").write_text(json.dumps(asdict(report), indent=1, default=str))
-    write_markdown(out, report, plots)
+    write_files(out, report, plots)
     prefix = "[interpreter figures, not GPU speed] " if plan.interpreted else ""
     for line in report.headlines:
         print(prefix + line)
