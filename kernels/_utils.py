@@ -408,8 +408,8 @@ class DeviceChecks:
     }
 
     def __init__(self, device: torch.device | str):
-        self.device = torch.device(device)
-        self._counts = torch.zeros(len(self.KINDS), dtype=torch.int64, device=self.device)
+        self._counts = torch.zeros(len(self.KINDS), dtype=torch.int64, device=device)
+        self.device = self._counts.device  # "cuda" made concrete ("cuda:0"), as the tensors it is compared with
         self._index = {kind: i for i, kind in enumerate(self.KINDS)}
 
     def add(self, kind: str, count: torch.Tensor) -> None:

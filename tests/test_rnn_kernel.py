@@ -159,7 +159,15 @@ def test_non_contiguous_input_and_state():
     assert not x.is_contiguous()
     h0 = cpu_randn(3, 2, 11, generator=g, dtype=torch.float64).transpose(0, 1).detach().requires_grad_()
     assert not h0.is_contiguous()
-    check_parity(m, x, h0, tol=TOL[torch.float64])
+    # cuDNN refuses a non-contiguous hx; rnn() takes it as it is
+    check_parity(m, x, h0, tol=TOL[torch.float64], ref=lambda: m(x, h0.contiguous()))
+
+
+def native_rnn(m, *args):
+    """nn.RNN through ATen's own RNN, not cuDNN: on a GPU cuDNN draws dropout masks from its own generator state
+    (no torch seed reproduces them) and refuses backward in eval mode; ATen's draws with F.dropout, as rnn()."""
+    with torch.backends.cudnn.flags(enabled=False):
+        return m(*args)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -168,7 +176,7 @@ def test_dropout_in_training_uses_nn_rnn_masks(batch_first):
     g = torch.Generator().manual_seed(6)
     x = cpu_randn(4, 3, 5, generator=g, dtype=torch.float64).requires_grad_()
     h0 = cpu_randn(6, 4 if batch_first else 3, 12, generator=g, dtype=torch.float64).requires_grad_()
-    check_parity(m, x, h0, tol=TOL[torch.float64], seed=7)
+    check_parity(m, x, h0, tol=TOL[torch.float64], seed=7, ref=lambda: native_rnn(m, x, h0))
     # and the masks really are random: another seed gives another output
     torch.manual_seed(7)
     a, _ = rnn(x, h0, m._flat_weights, **kwargs_of(m))
@@ -180,7 +188,7 @@ def test_dropout_in_training_uses_nn_rnn_masks(batch_first):
 def test_dropout_is_off_in_eval():
     m = make_rnn(5, 12, 2, dtype=torch.float64, dropout=0.5).eval()
     x = cpu_randn(4, 3, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64).requires_grad_()
-    check_parity(m, x, None, tol=TOL[torch.float64])
+    check_parity(m, x, None, tol=TOL[torch.float64], ref=lambda: native_rnn(m, x))
     y, _ = rnn(x, None, m._flat_weights, **kwargs_of(m, training=False))
     y_nodrop, _ = rnn(x, None, m._flat_weights, **kwargs_of(m, training=False, dropout=0.0))
     assert torch.equal(y, y_nodrop)
@@ -247,11 +255,31 @@ def test_tanh_helper_is_stable_and_accurate(dtype):
     assert torch.isnan(out).all()
 
 
+def errors_against_fp64(m, x) -> dict:
+    """{gradient name: (rnn()'s relative error, nn.RNN's)} of fp32 module m's gradients against an fp64 copy."""
+    m64 = torch.nn.RNN(m.input_size, m.hidden_size, m.num_layers).double().to(DEVICE)
+    m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    x64 = x.detach().double().requires_grad_()
+
+    def grads(fn, leaves):
+        out, h_n = fn()
+        return torch.autograd.grad(out.sum() + h_n.sum(), leaves)
+
+    truth = grads(lambda: m64(x64), [x64, *m64._flat_weights])
+    ours = grads(lambda: rnn(x, None, m._flat_weights, **kwargs_of(m)), [x, *m._flat_weights])
+    theirs = grads(lambda: m(x), [x, *m._flat_weights])
+    names = ["input"] + [n for n, _ in m.named_parameters()]
+    return {n: (f"{rel_err(a, t):.2e}", f"{rel_err(b, t):.2e}") for n, a, b, t in zip(names, ours, theirs, truth)}
+
+
 def test_huge_preactivations_saturate_without_nan():
     """Inputs driving the pre-activations far below -44 and above 44 (the textbook tanh's NaN zone)."""
     m = make_rnn(2, 5, 2, dtype=torch.float32)
     x = torch.tensor([[[300.0, -300.0]], [[-300.0, 300.0]], [[1e5, 1e5]]], device=DEVICE, requires_grad=True)
-    check_parity(m, x, None, tol=TOL[torch.float32])
+    try:
+        check_parity(m, x, None, tol=TOL[torch.float32])
+    except AssertionError as err:  # say which fp32 implementation is off: both against the fp64 truth
+        raise AssertionError(f"{err}\nagainst fp64 (ours, nn.RNN): {errors_against_fp64(m, x)}") from None
     out, h_n = rnn(x, None, m._flat_weights, num_layers=2)
     assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
 
@@ -292,8 +320,11 @@ def test_reduced_precision_within_derived_tolerance(precision, config):
 
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_autocast_returns_what_nn_rnn_returns(autocast_dtype):
-    """Under torch.autocast(device) with bf16 or fp16, rnn() returns nn.RNN's dtype for output and h_n, computes
-    with operands of that dtype, and agrees with nn.RNN's own autocast result within the derived tolerance."""
+    """Under torch.autocast(device) with bf16 or fp16, rnn() returns that dtype for output and h_n, computes with
+    operands of that dtype, and agrees with nn.RNN's own autocast result within the derived tolerances. (On a GPU
+    nn.RNN runs in fp16 under either dtype: ATen's cuDNN autocast wrapper, AutocastRNN.cpp, casts to half, as the
+    first H200 run showed; rnn() keeps the dtype the user asked for, and the comparison then allows both
+    roundings.)"""
     T = 4
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
     m = make_rnn(6, 24, 2, dtype=torch.float32)
@@ -302,12 +333,16 @@ def test_autocast_returns_what_nn_rnn_returns(autocast_dtype):
         assert K.resolve_precision(None, x) == precision
         out, h_n = rnn(x, None, m._flat_weights, **kwargs_of(m))
         m_out, m_h = m(x)
-    assert out.dtype == m_out.dtype == autocast_dtype and h_n.dtype == m_h.dtype == autocast_dtype
+    assert out.dtype == h_n.dtype == autocast_dtype
+    cudnn_half = DEVICE.type == "cuda" and torch.backends.cudnn.is_available()
+    assert m_out.dtype == m_h.dtype == (torch.float16 if cudnn_half else autocast_dtype)
+    m_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[m_out.dtype]
     ref, _ = rnn_reference(x, None, m._flat_weights, **kwargs_of(m), precision=precision)
     # ours against the same roundings, then against nn.RNN's (which may keep its state in the 16-bit dtype)
     same_roundings = 0 if _runtime.INTERPRETED else rounding_tolerance(precision, T)  # exact in the emulation
     assert rel_err(out, ref) <= UNIT_ROUNDOFF[precision] + same_roundings
-    assert rel_err(out, m_out) <= rounding_tolerance(precision, T)
+    m_bound = rounding_tolerance(m_precision, T) if m_precision != precision else 0
+    assert rel_err(out, m_out) <= rounding_tolerance(precision, T) + m_bound
     assert K.resolve_precision(None, x) == ("tf32" if DEVICE.type == "cuda" and K.cudnn_rnn_allows_tf32() else "ieee")
     assert K.resolve_precision(None, x.double()) == "ieee"
 

@@ -111,14 +111,19 @@ def test_reduced_precisions(precision):
 
 
 @pytest.mark.parametrize("autocast_dtype,precision", [(torch.bfloat16, "bf16"), (torch.float16, "fp16")])
-def test_autocast_returns_nn_rnns_dtype(autocast_dtype, precision):
+def test_autocast_returns_the_autocast_dtype(autocast_dtype, precision):
     m = make(6, 20, 2)
     x, h0 = inputs(1, 3, 6, 2, 20, torch.float32)
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=autocast_dtype):
         out, h_n = rnn_step(x[0], h0, m._flat_weights, num_layers=2)
         ref, ref_h = m(x, h0)
-    assert out.dtype == ref.dtype == autocast_dtype and h_n.dtype == ref_h.dtype
-    assert rel_err(out, ref[0]) <= rounding_tolerance(precision, 1)
+    # on a GPU nn.RNN runs in fp16 under either dtype (ATen's cuDNN autocast wrapper casts to half); rnn_step keeps
+    # the dtype asked for, and the comparison then allows both roundings
+    cudnn_half = DEVICE.type == "cuda" and torch.backends.cudnn.is_available()
+    assert out.dtype == h_n.dtype == autocast_dtype
+    assert ref.dtype == ref_h.dtype == (torch.float16 if cudnn_half else autocast_dtype)
+    ref_bound = rounding_tolerance("fp16", 1) if ref.dtype != autocast_dtype else 0
+    assert rel_err(out, ref[0]) <= rounding_tolerance(precision, 1) + ref_bound
 
 
 def _call(**overrides):
