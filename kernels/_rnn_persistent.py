@@ -94,7 +94,8 @@ programs, 2 an SM at most needed), B <= 128 at H = 256 (2 an SM: 264), B <= 32 a
 
 Cost model (H100 SXM, 132 SMs at ~1.75 GHz; the default model: B 64, H 512, T 20, 2 layers, tf32)
 ------------------------------------------------------------------------------------------
-Estimates to be checked by `make gpu-check`, not measurements. Grid 32 N-slices x 4 batch tiles = 128
+Estimates, not measurements; the first measurements (an H200) and how they differ are in
+benchmarks/gpu-report/2026-11-30/README.md. Grid 32 N-slices x 4 batch tiles = 128
 programs, one or two an SM. Per step and program:
   * read h_{t-1} of the tile, 16 x 512 x 4 B = 32 KiB (bf16/fp16 ring: 16 KiB) from L2. All 128 programs
     read 4 MiB a step, so the bound is the L2's aggregate bandwidth, ~5.5 TB/s: 0.76 us, plus an L2 round
