@@ -190,9 +190,9 @@ def _poison_at(monkeypatch, bad_step: int, where: str):
     real = WordRNN.training_loss
     calls = {"n": 0}
 
-    def poisoned(model, x, y, hidden, dtype):
+    def poisoned(model, x, y, hidden, dtype, *args, **kwargs):
         calls["n"] += 1
-        loss, h = real(model, x, y, hidden, dtype)
+        loss, h = real(model, x, y, hidden, dtype, *args, **kwargs)
         if calls["n"] == bad_step:
             if where == "loss":
                 loss = loss * float("nan")
