@@ -63,7 +63,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
         cfg = resume_config(cfg, explicit, payload)
     cfg.validate()
-    with deterministic_mode(cfg.deterministic):
+    with deterministic_mode(cfg.deterministic, cfg.device):
         trainer = Trainer.build(cfg, payload)
         result = trainer.loop()
         return trainer.finish(result) if result.status == "finished" else result
