@@ -21,13 +21,13 @@ Why the torch recurrence stays fp32 under bf16: its state is carried from step t
 from batch to batch), and the output layer is most of a step's arithmetic, so bf16 there buys little speed.
 
 The triton kernels are imported when that backend is chosen; when they cannot be imported, choosing it raises
-UsageError: there is never a silent fallback to torch.
+UsageError: there is never a silent fallback to torch. The name "cudnn" is accepted for the torch backend (the
+name rnnlm used before; old checkpoints and commands carry it).
 
 Checks without host reads: the triton kernels' checks of values on the device (a target outside the vocabulary,
 a row of logits with nothing to sample) go to a kernels.DeviceChecks (`device_checks`), which the caller reads
 when it reports (training: at logging time; evaluation and generation: once, at the end), so no training step,
-evaluation window or generated token waits for the GPU. torch's own ops check such values themselves. The name "cudnn" is accepted for the torch backend (the
-name rnnlm used before; old checkpoints and commands carry it).
+evaluation window or generated token waits for the GPU. torch's own ops check such values themselves.
 """
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ class TorchBackend(Backend):
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str,
                       checks=None) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets, reduction=reduction)  # torch's softmax in fp32 at least
+        if logits.dtype != torch.float64:
+            logits = logits.float()  # torch's log-softmax in fp32 at least
+        return F.cross_entropy(logits, targets, reduction=reduction)
 
     def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype, checks=None):
         with torch.autocast(x.device.type, enabled=False):

@@ -4,8 +4,10 @@ rnnlm.training.step.TrainStep, rnnlm.evaluation.evaluate_tokens and rnnlm.infere
 are the calls that would make a GPU's host wait.
 
 Counts: a training step 0 on either backend (with a fused optimizer; the NaN guard and the kernels' checks count on
-the device), TrainStep.check() 1 (at each log); an evaluation 1 whatever its number of windows; a generated token 0
-on either backend (the triton decoder's sampling checks: 1 read at the end of generate_ids).
+the device), TrainStep.check() 1 (at each log); a whole run of rnnlm.fit the same whatever its number of steps
+between log lines (the guard 1 and the window's mean loss 1 per log, the validation and test sums 1 each); an
+evaluation 1 whatever its number of windows; a generated token 0 on either backend (the triton decoder's sampling
+checks: 1 read at the end of generate_ids).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from conftest import DEVICE
 from rnnlm.evaluation import evaluate_tokens
 from rnnlm.inference.generation import generate_ids
 from rnnlm.model import ModelConfig, WordRNN
+from rnnlm.training.config import TrainConfig
 from rnnlm.training.nan_guard import NonFiniteError
 from rnnlm.training.step import TrainStep, make_optimizer
 
@@ -60,6 +63,22 @@ def test_training_steps_read_nothing_back_until_the_log(backend, host_syncs):
         step.check()
     assert syncs.count == CHECK_SYNCS, syncs.calls
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_training_run_reads_the_same_whatever_its_number_of_steps(backend, tiny_corpus, tmp_path, host_syncs):
+    """rnnlm.fit end to end with one log line at the end: 2 steps and 6 steps make the same host reads."""
+    import rnnlm
+
+    calls = {}
+    for steps in (2, 6):
+        cfg = TrainConfig(data=str(tiny_corpus), out=str(tmp_path / str(steps)), max_steps=steps, log_every=100,
+                          eval_every=100, sample_length=0, embed_size=8, hidden_size=12, seq_len=6, batch_size=3,
+                          backend=backend, device=DEVICE.type, progress=False)
+        with host_syncs() as syncs:
+            assert rnnlm.fit(cfg).status == "finished"
+        calls[steps] = sorted(syncs.calls)
+    assert calls[6] == calls[2] and len(calls[2]) == CHECK_SYNCS + 1 + 2 * EVAL_SYNCS, calls[2]
 
 
 def _poison_bias(model, value=float("nan")):
