@@ -78,7 +78,7 @@ class TrainStep:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.compute_dtype is not None)
         where = self.params[0].device  # with its index: the device the step's tensors are on
         self.guard = NanGuard(where)
-        self.checks = model.backend.device_checks(where)
+        self.checks = getattr(model, "module", model).backend.device_checks(where)  # (a wrapper's .module)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None, number: int):
         self.optimizer.zero_grad(set_to_none=True)
