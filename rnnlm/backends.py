@@ -6,13 +6,14 @@ one runs on the other. A WordRNN holds one backend object and calls it for:
     what                 torch                                        triton
     recurrence           the nn.RNN module itself: cuDNN on a GPU,    kernels.rnn.rnn on the module's weights
                          ATen on a CPU
-    loss (evaluation)    F.cross_entropy on the logits                kernels.cross_entropy on the logits
+    loss (evaluation)    F.cross_entropy on the logits (in fp32)      kernels.cross_entropy on the logits (their
+                                                                      own dtype: the kernel reads bf16)
     loss (training)      the output layer and the loss fused          the output layer, then
                          (rnnlm.ops.linear_cross_entropy, its         kernels.cross_entropy, all under the
                          products in bf16 under --precision bf16);    caller's autocast
                          the recurrence stays fp32
-    one-token step       TorchStepper: weights laid out once, the     the model's forward on (N, 1)
-                         output layer in fp32, fp16 or int8
+    one-token step       TorchStepper: weights laid out once, the     kernels.rnn.rnn_step (one launch per
+                         output layer in fp32, fp16 or int8           layer), then the model's output layer
     the draw             inverse CDF from uniforms drawn up front     kernels.sample: Gumbel-max, its random
                          (int8: rejection sampling, exact)            numbers keyed by (seed, step, row, column)
 
@@ -22,6 +23,11 @@ from batch to batch), and the output layer is most of a step's arithmetic, so bf
 The triton kernels are imported when that backend is chosen; when they cannot be imported, choosing it raises
 UsageError: there is never a silent fallback to torch. The name "cudnn" is accepted for the torch backend (the
 name rnnlm used before; old checkpoints and commands carry it).
+
+Checks without host reads: the triton kernels' checks of values on the device (a target outside the vocabulary,
+a row of logits with nothing to sample) go to a kernels.DeviceChecks (`device_checks`), which the caller reads
+when it reports (training: at logging time; evaluation and generation: once, at the end), so no training step,
+evaluation window or generated token waits for the GPU. torch's own ops check such values themselves.
 """
 from __future__ import annotations
 
@@ -84,17 +90,24 @@ class Backend(Protocol):
     def recurrence(self, rnn: nn.RNN, emb: torch.Tensor, hidden: torch.Tensor | None):
         """The recurrence on rnn's weights: emb (B, T, E), hidden (L, B, H) or None -> (out (B, T, H), h_n)."""
 
-    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-        """Cross-entropy of logits (N, V) fp32 against targets (N,): "mean" or "sum" (evaluation's exact sums)."""
+    def device_checks(self, device: torch.device):
+        """A kernels.DeviceChecks for this backend's ops on `device` (a tensor's device, with its index), or None
+        when its ops check their inputs themselves."""
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str,
+                      checks=None) -> torch.Tensor:
+        """Cross-entropy of logits (N, V) against targets (N,): "mean" or "sum" (evaluation's exact sums), an fp32
+        scalar (fp64 for fp64 logits). checks: device_checks()'s object, or None (check at once)."""
 
     def training_loss(self, model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None,
-                      compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      compute_dtype: torch.dtype | None, checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy, new hidden) for a training step, differentiable; the value of model.loss."""
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
                 length: int):
         """Generation's step and draw for N samples from the primed state hidden (L, N, H): an object with
-        first(logits (N, V), out (N, 1)) and next(tokens (N,), t, out (N, 1)), each writing the words drawn."""
+        first(logits (N, V), out (N, 1)) and next(tokens (N,), t, out (N, 1)), each writing the words drawn, and
+        finish(), called once after the last draw (where deferred checks are read)."""
 
 
 class TorchBackend(Backend):
@@ -108,10 +121,16 @@ class TorchBackend(Backend):
     def recurrence(self, rnn: nn.RNN, emb: torch.Tensor, hidden: torch.Tensor | None):
         return rnn(emb, hidden)
 
-    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    def device_checks(self, device: torch.device) -> None:
+        return None
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str,
+                      checks=None) -> torch.Tensor:
+        if logits.dtype != torch.float64:
+            logits = logits.float()  # torch's log-softmax in fp32 at least
         return F.cross_entropy(logits, targets, reduction=reduction)
 
-    def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype):
+    def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype, checks=None):
         with torch.autocast(x.device.type, enabled=False):
             out, h_n = model.recurrence(x, hidden)                         # (B, T, H) fp32
         loss = linear_cross_entropy(out.reshape(-1, out.shape[-1]), model.fc.weight, model.fc.bias, y.reshape(-1),
@@ -128,13 +147,15 @@ class TritonBackend(Backend):
 
     def __init__(self):
         try:
+            from kernels._utils import DeviceChecks
             from kernels.cross_entropy import cross_entropy
-            from kernels.rnn import rnn
+            from kernels.rnn import rnn, rnn_step
             from kernels.sample import sample
         except Exception as err:  # ImportError, or a kernel module failing at import time
             raise UsageError(f"backend 'triton' is unavailable: the kernels could not be imported "
                              f"({type(err).__name__}: {err}); use {{backend}} torch", params=("backend",)) from err
-        self._rnn, self._cross_entropy, self._sample = rnn, cross_entropy, sample
+        self._rnn, self._rnn_step, self._cross_entropy, self._sample = rnn, rnn_step, cross_entropy, sample
+        self._device_checks = DeviceChecks
 
     def describe(self, device: torch.device) -> str:
         where = "in Triton's interpreter on the CPU" if kernels.INTERPRETED else "on CUDA"
@@ -145,15 +166,22 @@ class TritonBackend(Backend):
                          bias=rnn.bias, batch_first=True, dropout=rnn.dropout, training=rnn.training,
                          bidirectional=False)
 
-    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-        return self._cross_entropy(logits, targets, reduction=reduction)
+    def device_checks(self, device: torch.device):
+        return self._device_checks(device)
 
-    def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype):
-        return model.loss(x, y, hidden)
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str,
+                      checks=None) -> torch.Tensor:
+        # the kernel reads bf16 logits as they are (fp32 accumulation); its bf16 result is made fp32 here
+        loss = self._cross_entropy(logits, targets, reduction=reduction, checks=checks)
+        return loss if loss.dtype == torch.float64 else loss.float()
+
+    def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype, checks=None):
+        return model.loss(x, y, hidden, checks=checks)
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
                 length: int) -> _TritonDecoder:
-        return _TritonDecoder(model, hidden, sampling, seed, self._sample)
+        return _TritonDecoder(model, hidden, sampling, seed, self._rnn_step, self._sample,
+                              self.device_checks(hidden.device))
 
 
 class _TorchDecoder:
@@ -186,6 +214,9 @@ class _TorchDecoder:
         else:
             self._draw(self.stepper.step(tokens), t, out)
 
+    def finish(self) -> None:
+        pass
+
     def _draw(self, logits: torch.Tensor, t: int, out: torch.Tensor) -> None:
         s = self.sampling
         if s.greedy:
@@ -196,21 +227,31 @@ class _TorchDecoder:
 
 
 class _TritonDecoder:
-    """Steps through the model's own forward (kernels.rnn, one time step) and draws with kernels.sample."""
+    """Steps with kernels.rnn.rnn_step (one launch per layer) and the model's output layer, and draws with
+    kernels.sample; rows with nothing to sample are counted in `checks` (read once, by finish()), so no generated
+    token waits for the device."""
 
-    def __init__(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, seed: int, sample):
-        self.model, self.state, self.sampling, self.seed, self.sample = model, hidden, sampling, seed, sample
+    def __init__(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, seed: int, rnn_step, sample,
+                 checks):
+        self.model, self.state, self.sampling, self.seed = model, hidden, sampling, seed
+        self.rnn_step, self.sample, self.checks = rnn_step, sample, checks
+        rnn = model.rnn
+        self.step_args = dict(num_layers=rnn.num_layers, nonlinearity=rnn.nonlinearity, bias=rnn.bias)
 
     def first(self, logits: torch.Tensor, out: torch.Tensor) -> None:
         self._draw(logits, 0, out)
 
     def next(self, tokens: torch.Tensor, t: int, out: torch.Tensor) -> None:
-        logits, self.state = self.model(tokens.view(-1, 1), self.state)
-        self._draw(logits[:, -1], t, out)
+        m = self.model
+        last, self.state = self.rnn_step(m.embedding(tokens), self.state, m.rnn._flat_weights, **self.step_args)
+        self._draw(m.fc(last), t, out)                                     # (N, H) -> (N, V)
+
+    def finish(self) -> None:
+        self.checks.check()  # ValueError if a row had nothing to sample (NaN or all -inf logits)
 
     def _draw(self, logits: torch.Tensor, t: int, out: torch.Tensor) -> None:
         s = self.sampling
         # A fresh seed per step: the kernel's counter-based generator is keyed by (seed, row, column).
         step_seed = (self.seed * _SEED_MIX + t) % 2**62
-        out.copy_(self.sample(logits.float().contiguous(), 0.0 if s.greedy else float(s.temperature), step_seed,
-                              top_k=s.top_k, top_p=s.top_p).view(-1, 1))
+        out.copy_(self.sample(logits, 0.0 if s.greedy else float(s.temperature), step_seed, top_k=s.top_k,
+                              top_p=s.top_p, checks=self.checks).view(-1, 1))

@@ -5,6 +5,9 @@ has N - 1 targets. It is cut into B contiguous streams of S = (N - 1) // B targe
 hidden state carried from one window to the next, and the r = (N - 1) - B*S targets left at the end continue the
 last stream (its state carried over) as a batch of one. Sums are accumulated in float64, so the result is a ratio
 of totals, never a mean of batch means. With batch_size 1 the whole sequence is one stream.
+
+The sum stays on the device until the end (one host read for the whole evaluation, not one per window), and the
+backend's deferred checks (a target outside the vocabulary) are read only when that sum is not finite.
 """
 from __future__ import annotations
 
@@ -31,14 +34,15 @@ class EvalResult:
         return self.nll_sum / self.n_targets
 
 
-def _stream_nll(model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None,
-                window: int) -> tuple[float, torch.Tensor]:
-    """Sum of NLL over x, y (B, S) read window by window with the state carried; (sum, final hidden)."""
-    total = 0.0
+def _stream_nll(model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None, window: int,
+                total: torch.Tensor, checks) -> torch.Tensor:
+    """total (0-d float64 on the device) += the NLL over x, y (B, S), read window by window with the state
+    carried, without a host read; returns the final hidden state."""
     for start in range(0, x.shape[1], window):
-        loss, hidden = model.loss(x[:, start:start + window], y[:, start:start + window], hidden, reduction="sum")
-        total += float(loss.double())
-    return total, hidden
+        loss, hidden = model.loss(x[:, start:start + window], y[:, start:start + window], hidden, reduction="sum",
+                                  checks=checks)
+        total += loss  # in float64, as a host double would add it
+    return hidden
 
 
 def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, window: int = WINDOW) -> EvalResult:
@@ -62,17 +66,21 @@ def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, 
     rest = n_targets - b * s
     was_training = model.training
     model.eval()
+    checks = model.backend.device_checks(device)
     try:
         with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            nll = torch.zeros((), dtype=torch.float64, device=device)
             x = tokens[: b * s].view(b, s)
             y = tokens[1: b * s + 1].view(b, s)
-            total, hidden = _stream_nll(model, x, y, None, window)
+            hidden = _stream_nll(model, x, y, None, window, nll, checks)
             if rest:
                 # The leftover targets follow the last stream: continue it from its final state.
                 xr = tokens[b * s: n - 1].view(1, rest)
                 yr = tokens[b * s + 1:].view(1, rest)
-                extra, _ = _stream_nll(model, xr, yr, hidden[:, -1:].contiguous(), window)
-                total += extra
+                _stream_nll(model, xr, yr, hidden[:, -1:].contiguous(), window, nll, checks)
+            total = float(nll)  # the evaluation's one host read
+            if checks is not None and not math.isfinite(total):
+                checks.check()  # ValueError naming a target outside the vocabulary (their losses are NaN)
     finally:
         model.train(was_training)
     return EvalResult(perplexity=math.exp(total / n_targets), nll_sum=total, n_targets=n_targets)

@@ -137,35 +137,38 @@ class WordRNN(nn.Module):
         return out, h_n
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                compute_dtype: torch.dtype | None = None, checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T) int64, hidden (L, B, H) or None (zeros) -> logits (B, T, V), hidden (L, B, H).
 
         With targets (B, T): (training_loss, hidden) instead, so that a training step goes through forward
-        (what wrappers such as DistributedDataParallel hook into).
+        (what wrappers such as DistributedDataParallel hook into); checks as in loss().
         """
         if targets is not None:
-            return self.training_loss(x, targets, hidden, compute_dtype)
+            return self.training_loss(x, targets, hidden, compute_dtype, checks=checks)
         out, h_n = self.recurrence(x, hidden)
         return self.fc(out), h_n
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None = None,
-             reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+             reduction: str = "mean", checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the next-token targets y (B, T): (mean or sum over all B*T targets, hidden (L, B, H)).
 
-        The loss is computed in fp32 even when the logits are bf16 (autocast).
+        The loss is computed in fp32 even when the logits are bf16 (autocast). checks: the backend's
+        device_checks() object, where a target outside the vocabulary is counted for a later read (no host read
+        here), or None (checked at once).
         """
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if y.shape != x.shape:
             raise ValueError(f"y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
         logits, h_n = self(x, hidden)
-        flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
-        return self._backend.cross_entropy(flat, y.reshape(-1), reduction), h_n
+        flat = logits.reshape(-1, logits.shape[-1])  # (B*T, V), in the logits' dtype: the backend reads it
+        return self._backend.cross_entropy(flat, y.reshape(-1), reduction, checks), h_n
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None = None,
-                      compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      compute_dtype: torch.dtype | None = None, checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy of y, new hidden): loss()'s value, computed the backend's fastest way for training.
 
         compute_dtype: the dtype of the output layer's products on the torch backend (bf16 for --precision bf16).
+        checks: as in loss().
         """
-        return self._backend.training_loss(self, x, y, hidden, compute_dtype)
+        return self._backend.training_loss(self, x, y, hidden, compute_dtype, checks)

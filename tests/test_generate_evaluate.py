@@ -160,6 +160,18 @@ def test_evaluate_cli_end_to_end(setup, tmp_path):
     assert int(match.group(2)) == split_corpus(corpus, vocab)["valid"].numel()
 
 
+def test_triton_evaluate_cli_on_the_kernels_device(setup, ckpt, device, exact_fp32, capsys):
+    """`python -m rnnlm.evaluate --backend triton` on the kernel tests' device (CUDA when there is one, without
+    TF32): the perplexity the torch backend gives on the CPU."""
+    corpus, vocab, _ = setup
+    code, out, err = call_main(evaluate_main, "rnnlm.evaluate", capsys, ckpt, "--split", "valid", "--backend",
+                               "triton", "--device", device.type)
+    assert code == 0, err
+    got = float(re.search(r"valid perplexity: ([0-9.]+)", out).group(1))
+    want = evaluate_tokens(make_model(len(vocab)), split_corpus(corpus, vocab)["valid"]).perplexity
+    assert got == pytest.approx(want, rel=1e-4)
+
+
 def test_evaluate_main_with_data_and_batch_size(setup, ckpt, tiny_corpus, capsys):
     corpus, vocab, _ = setup
     code, out, _ = call_main(evaluate_main, "rnnlm.evaluate", capsys, ckpt, "--data", tiny_corpus,
@@ -459,6 +471,25 @@ def test_generate_cli_end_to_end(ckpt, capsys):
     code, out, _ = call_main(generate_main, "rnnlm.generate", capsys, ckpt, "--prompt", "国家主席",
                              "--length", "10", "--greedy", "--output-precision", "fp16")
     assert code == 0 and out.startswith("国家主席")
+
+
+def test_triton_generate_cli_on_the_kernels_device(ckpt, device, exact_fp32, capsys):
+    """`python -m rnnlm.generate --backend triton` on the kernel tests' device (CUDA when there is one, without
+    TF32): seeded samples that start with the prompt, the same in two runs; greedy decoding is the torch
+    backend's."""
+    args = [ckpt, "--prompt", "国家主席", "--length", "12", "--temperature", "0.8", "--seed", "3", "--num-samples",
+            "2", "--top-k", "20", "--backend", "triton", "--device", device.type]
+    code, out, err = call_main(generate_main, "rnnlm.generate", capsys, *args)
+    assert code == 0, err
+    samples = [line for line in out.splitlines() if not line.startswith("---")]
+    assert len(samples) == 2 and all(s.startswith("国家主席") for s in samples)
+    assert call_main(generate_main, "rnnlm.generate", capsys, *args)[1] == out
+    greedy = {}
+    for backend, where in (("triton", device.type), ("torch", "cpu")):
+        code, greedy[backend], err = call_main(generate_main, "rnnlm.generate", capsys, ckpt, "--prompt", "国家主席",
+                                               "--length", "8", "--greedy", "--backend", backend, "--device", where)
+        assert code == 0, err
+    assert greedy["triton"] == greedy["torch"]
 
 
 def test_generate_main_prompt_of_unknown_words_warns(ckpt, capsys):

@@ -223,6 +223,27 @@ def test_parity_read_from_extra_info(tmp_path):
             "| yes |") in md
 
 
+def test_cudnn_algorithm_and_timer_columns(tmp_path):
+    """benchmarks/cuda_bench.py's extra_info: the cuDNN algorithm ATen picks at each shape (the cudnn row's) and
+    how each side was timed appear in the group's table; a group without them has no such columns."""
+    data = bench_json(groups=("recurrence forward", "softmax"))
+    algorithm = {"small": "fwd PERSIST_STATIC", "default": "fwd STANDARD"}
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if b["group"] == "recurrence forward":
+            info["timer"] = "cuda events, L2 flushed" if info["backend"] == "cudnn" else "cuda events"
+            if info["backend"] == "cudnn":
+                info["cudnn_algorithm"] = algorithm[info["shape"]]
+    code, _ = run_main([write(tmp_path, data), "--out", tmp_path / "o", "--no-compile", "--no-parity"])
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert code == 0
+    forward, softmax = md.split("### recurrence forward\n")[1].split("### softmax\n")
+    assert "| triton tokens/s | cuDNN algorithm | timer |" in forward
+    assert "| fwd PERSIST_STATIC | cuda events, L2 flushed / cuda events |" in forward
+    assert "| fwd STANDARD | cuda events, L2 flushed / cuda events |" in forward
+    assert "cuDNN algorithm" not in softmax.split("###")[0] and "| timer |" not in softmax.split("###")[0]
+
+
 def test_missing_cudnn_rows_message_and_partial_report(tmp_path, capsys):
     bench = write(tmp_path, bench_json(groups=("softmax",), backends=("triton",)))
     code, err = run_main([bench, "--out", tmp_path / "o", "--no-compile", "--no-parity"])

@@ -16,6 +16,7 @@ import torch
 from rnnlm import train
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.errors import run_cli
+from rnnlm.evaluate import main as evaluate_main
 from rnnlm.model import ModelConfig, WordRNN
 from rnnlm.training.signals import INTERRUPTED_EXIT
 
@@ -71,22 +72,26 @@ def test_train_end_to_end(tiny_corpus, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_triton_backend_cli_trains_and_evaluates_like_cudnn(tiny_corpus, tmp_path):
-    """`python -m rnnlm.train --backend triton --max-steps 20` as a user runs it (interpreted kernels on a CPU);
-    its checkpoint then evaluates to the same perplexity on both backends."""
+def test_triton_backend_cli_trains_and_evaluates_like_cudnn(tiny_corpus, tmp_path, device, exact_fp32, capsys):
+    """`python -m rnnlm.train --backend triton --max-steps 20` as a user runs it, on the kernel tests' device
+    (CUDA when there is one, else interpreted kernels on the CPU); its checkpoint then evaluates (rnnlm.evaluate's
+    main, here without TF32) to the same perplexity on both backends."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-m", "rnnlm.train", "--data", str(tiny_corpus), "--out", str(out), *TINY,
-                    "--backend", "triton", "--max-steps", "20", "--eval-every", "10"],
+                    "--backend", "triton", "--max-steps", "20", "--eval-every", "10", "--device", device.type],
                    check=True, capture_output=True, text=True, env=env)
     metrics = read_metrics(out)
     assert metrics[-1]["step"] == 20 and math.isfinite(metrics[-1]["loss"])
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     ppl = {}
     for backend in ("cudnn", "triton"):
-        done = subprocess.run([sys.executable, "-m", "rnnlm.evaluate", str(out / "last.pt"), "--backend", backend],
-                              check=True, capture_output=True, text=True, env=env)
-        ppl[backend] = float(done.stdout.split("perplexity:")[1].split()[0])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            run_cli(evaluate_main, "rnnlm.evaluate", [str(out / "last.pt"), "--backend", backend,
+                                                      "--device", device.type])
+        assert done.value.code == 0
+        ppl[backend] = float(capsys.readouterr().out.split("perplexity:")[1].split()[0])
     assert ppl["triton"] == pytest.approx(ppl["cudnn"], rel=1e-4)
 
 
@@ -190,9 +195,9 @@ def _poison_at(monkeypatch, bad_step: int, where: str):
     real = WordRNN.training_loss
     calls = {"n": 0}
 
-    def poisoned(model, x, y, hidden, dtype):
+    def poisoned(model, x, y, hidden, dtype, *args, **kwargs):
         calls["n"] += 1
-        loss, h = real(model, x, y, hidden, dtype)
+        loss, h = real(model, x, y, hidden, dtype, *args, **kwargs)
         if calls["n"] == bad_step:
             if where == "loss":
                 loss = loss * float("nan")

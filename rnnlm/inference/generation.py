@@ -58,6 +58,7 @@ def generate_ids(model: WordRNN, prompt_ids: Sequence[int], length: int, *, temp
             decoder.first(logits, rows[0])
             for t in range(1, length):
                 decoder.next(rows[t - 1].view(-1), t, rows[t])
+            decoder.finish()
             return out.view(length, num_samples).t().contiguous()
     finally:
         model.train(was_training)

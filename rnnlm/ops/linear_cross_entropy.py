@@ -8,7 +8,9 @@ is N · dloss/dlogits, kept for the backward pass:
     forward   z = h Wᵀ + b                      (N, V), in compute_dtype
               z <- log_softmax(z)               in place, fp32 at least
               loss = −mean_i z[i, y_i]
-              G = exp(z) − onehot(y)            in place, then cast to compute_dtype
+              G = exp(z) − onehot(y)            in place (G[i, y_i] gathered, less 1, written back: no
+                                                scatter_add_, which has no fast deterministic CUDA kernel),
+                                                then cast to compute_dtype
     backward  with g = upstream / N: dh = g · G W,  dW = g · Gᵀ h,  db = g · Σ_i G_i
 
 The three products run on oneDNN where it is available and gives correct results for these layouts (probed
@@ -81,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, idx)                                 # (N, 1) log p(y_i)
             loss = picked.sum().neg_().div_(h.shape[0])
             grad = logits.exp_()                                           # softmax, in place
-            grad.scatter_add_(1, idx, torch.full_like(picked, -1.0))       # - onehot
+            grad.scatter_(1, idx, grad.gather(1, idx).sub_(1.0))           # - onehot (one target per row)
             if grad.dtype != compute_dtype:
                 grad = grad.to(compute_dtype)
         ctx.save_for_backward(hc, wc, grad)

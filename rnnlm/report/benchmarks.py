@@ -158,8 +158,17 @@ def _sizes(info: dict) -> str:
     return " ".join(parts) or "–"
 
 
+def _info_text(rows: list[Row | None], key: str) -> str:
+    """The distinct values of extra_info[key] in rows (None skipped), joined; "–" when none has it."""
+    values = [str(r.info[key]) for r in rows if r is not None and r.info.get(key) not in (None, "")]
+    return " / ".join(dict.fromkeys(values)) or "–"
+
+
 def group_table(rows: list[Row]) -> tuple[str, list[str]]:
-    """Markdown table of one group: per shape (and variant) cudnn vs triton; plus notes on missing sides."""
+    """Markdown table of one group: per shape (and variant) cudnn vs triton; plus notes on missing sides.
+
+    Where the benchmarks recorded them (benchmarks/cuda_bench.py), two more columns: the cuDNN algorithm ATen
+    picks for nn.RNN at that shape (the cudnn row's, else the triton row's), and how each side was timed."""
     keys: list[tuple[str, str]] = []
     by: dict[tuple[str, str], dict[str, Row]] = {}
     for r in rows:
@@ -174,6 +183,9 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
     unit_names = {"gb_per_s": "GB/s", "tflops_per_s": "TFLOP/s"}
     for u in extra_units:
         head += [f"cudnn {unit_names[u]}", f"triton {unit_names[u]}"]
+    info_columns = [(k, title) for k, title in (("cudnn_algorithm", "cuDNN algorithm"), ("timer", "timer"))
+                    if any(r.info.get(k) not in (None, "") for r in rows)]
+    head += [title for _, title in info_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in keys:
         c, t = by[k].get("cudnn"), by[k].get("triton")
@@ -186,6 +198,8 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
         for u in extra_units:
             cells += [f"{c.info[u]:.3g}" if c and _finite(c.info.get(u)) is not None else "–",
                       f"{t.info[u]:.3g}" if t and _finite(t.info.get(u)) is not None else "–"]
+        for key, _ in info_columns:
+            cells.append(_info_text([c] if key == "cudnn_algorithm" and c and c.info.get(key) else [c, t], key))
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for backend in ("cudnn", "triton"):

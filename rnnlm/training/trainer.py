@@ -63,7 +63,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
         cfg = resume_config(cfg, explicit, payload)
     cfg.validate()
-    with deterministic_mode(cfg.deterministic):
+    with deterministic_mode(cfg.deterministic, cfg.device):
         trainer = Trainer.build(cfg, payload)
         result = trainer.loop()
         return trainer.finish(result) if result.status == "finished" else result
@@ -182,6 +182,7 @@ class Trainer:
     # -- evaluate and save ---------------------------------------------------------------------------------------
     def log(self, evaluate: bool) -> None:
         """A metrics.jsonl line for the steps since the last one; with evaluate, validation and checkpoints."""
+        self.step_fn.check()  # the NaN guard's one host read: NonFiniteError before anything is written
         p, batches = self.progress, self.data.batches
         in_epoch = batches.position < len(batches)
         record: dict[str, Any] = {"step": p.step, "epoch": round(p.epoch + batches.position / len(batches), 4)
