@@ -55,8 +55,9 @@ class TrainStep:
     """Callable: step(x, y, hidden, number) -> (loss, detached 0-d; new hidden state, attached)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, clip: float, precision: str,
-                 device: torch.device):
-        self.model, self.optimizer = model, optimizer
+                 device: torch.device, finite_check=check_finite):
+        # finite_check: the NaN guard (rnnlm.training.distributed's on several processes: all ranks agree)
+        self.model, self.optimizer, self.finite_check = model, optimizer, finite_check
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_norm = clip if clip > 0 else math.inf
         self.compute_dtype = compute_dtype(precision, device)
@@ -69,6 +70,6 @@ class TrainStep:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         loss = loss.detach()
-        check_finite(loss, norm, number)   # before the optimizer applies anything
+        self.finite_check(loss, norm, number)   # before the optimizer applies anything
         self.optimizer.step()
         return loss, new_hidden
