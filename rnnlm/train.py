@@ -6,14 +6,15 @@
 alone prints what is common to all (errors included), each rank prints its own PeerLost line."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Sequence
 
 from rnnlm.cli import log_to_stderr
 from rnnlm.config import build_parser, explicit_options, from_namespace
 from rnnlm.errors import UsageError, run_cli
-from rnnlm.training.distributed import PeerLost, env_rank, env_world_size
 from rnnlm.training.config import TrainConfig
+from rnnlm.training.distributed import PeerLost, env_rank, env_world_size
 from rnnlm.training.run_dir import LAST
 from rnnlm.training.signals import INTERRUPTED_EXIT
 from rnnlm.training.step import keep_freed_memory
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = from_namespace(TrainConfig, _parser().parse_args(argv))
     writer = env_rank() == 0
     log_to_stderr()
+    if not writer:  # the same notes on every rank: rank 0 writes them
+        logging.getLogger().setLevel(logging.ERROR)
     keep_freed_memory()
     try:
         if cfg.resume is None:

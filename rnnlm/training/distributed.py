@@ -124,17 +124,23 @@ class Distributed:
         return bool(flags[0]), bool(flags[1])
 
     def check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> None:
-        """NonFiniteError on every rank, naming the ranks that saw a NaN or infinite loss or gradient norm."""
+        """NonFiniteError on every rank at the same step, naming the ranks whose own loss is NaN or infinite (the
+        gradient norm is of the averaged gradients, the same on every rank)."""
         if not self.active:
             return check_finite(loss, grad_norm, step)
-        bad = torch.zeros(self.world_size, dtype=torch.int32, device=loss.device)
-        bad[self.rank] = (~torch.isfinite(loss.float() + grad_norm.float())).int()
+        bad = torch.zeros(self.world_size + 1, dtype=torch.int32, device=loss.device)
+        bad[self.rank] = (~torch.isfinite(loss)).int()
+        bad[-1] = (~torch.isfinite(grad_norm)).int() if self.writer else 0
         self._all_reduce(bad, dist.ReduceOp.SUM)
-        ranks = [r for r, flag in enumerate(bad.tolist()) if flag]
+        flags = bad.tolist()
+        ranks = [r for r, flag in enumerate(flags[:-1]) if flag]
         if ranks:
             where = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
-            raise NonFiniteError(f"step {step} on {where}: the loss is {float(loss):.4g} and the gradient norm "
-                                 f"{float(grad_norm):.4g} (rank {self.rank})")
+            raise NonFiniteError(f"step {step}: the loss is NaN or infinite on {where} (the gradient norm, "
+                                 f"averaged over the {self.world_size} processes, is {float(grad_norm):.4g})")
+        if flags[-1]:
+            raise NonFiniteError(f"step {step}: the gradient norm, averaged over the {self.world_size} processes, "
+                                 f"is {float(grad_norm):.4g} (every rank's loss is finite)")
 
     def evaluate(self, model: torch.nn.Module, tokens: torch.Tensor) -> EvalResult:
         """Exact perplexity of `tokens` (rnnlm.evaluation), each rank reading its share of the streams; the NLL
