@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -216,8 +217,9 @@ class Distributed:
 
 def lost(d: Distributed, err: BaseException) -> PeerLost:
     """PeerLost for rank d.rank, with the first line of what torch.distributed said."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return PeerLost(f"rank {d.rank} of {d.world_size}: another process stopped answering ({first[:200]}); "
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]   # without gloo's "[file.cc:537]", one sentence
+    return PeerLost(f"rank {d.rank} of {d.world_size}: another process stopped answering ({text[:160]}); "
                     f"stopping. Checkpoints already written are intact")
 
 
@@ -232,9 +234,10 @@ def is_collective_failure(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def session(timeout_s: float = 300.0) -> Iterator[Distributed]:
-    """The process group from torchrun's environment for the block (one process: Distributed() and nothing else).
-    Joins an existing group instead when the caller made one. A collective failure becomes PeerLost."""
+def session(device: torch.device, timeout_s: float = 300.0) -> Iterator[Distributed]:
+    """The process group from torchrun's environment for the block (one process: Distributed() and nothing else),
+    NCCL when the run is on CUDA `device`, else Gloo. Joins an existing group instead when the caller made one.
+    A collective failure becomes PeerLost."""
     world = env_world_size()
     if world <= 1:
         yield Distributed()
@@ -242,7 +245,7 @@ def session(timeout_s: float = 300.0) -> Iterator[Distributed]:
     owner = not dist.is_initialized()
     timeout = datetime.timedelta(seconds=timeout_s)
     if owner:
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timeout)
     d = Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))

@@ -69,7 +69,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
         cfg = resume_config(cfg, explicit, payload)
     cfg.validate()
-    with session(cfg.dist_timeout) as d, deterministic_mode(cfg.deterministic):
+    with session(resolve_device(cfg.device), cfg.dist_timeout) as d, deterministic_mode(cfg.deterministic):
         if payload is not None:
             check_world_size(payload, d, cfg.resume)
         trainer = Trainer.build(cfg, payload, d)
