@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import EvalResult, evaluate_tokens
@@ -76,10 +77,14 @@ class Distributed:
         """(rank, world size): which part of every batch and evaluation this process takes."""
         return self.rank, self.world_size
 
-    def say(self, *args, **kwargs) -> None:
-        """print(), on rank 0 only."""
+    def say(self, *args, write: Callable[..., Any] = print, **kwargs) -> None:
+        """print() (or `write`, such as a progress bar's), on rank 0 only."""
         if self.writer:
-            print(*args, **kwargs)
+            write(*args, **kwargs)
+
+    def open_metrics(self, folder):
+        """The run folder's metrics.jsonl on rank 0; elsewhere a context manager whose write() does nothing."""
+        return folder.open_metrics() if self.writer else _NoMetrics()
 
     def device(self, device: torch.device) -> torch.device:
         """On CUDA, this process's own GPU (cuda:LOCAL_RANK); else `device`."""
@@ -93,7 +98,6 @@ class Distributed:
         """The model for training steps: DistributedDataParallel around it (rank 0's weights broadcast to all)."""
         if not self.active:
             return model
-        from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def first_then_rest(self, fn: Callable[[], T]) -> T:
@@ -213,6 +217,19 @@ class Distributed:
             return fn()
         except RuntimeError as err:
             raise lost(self, err) from err
+
+
+class _NoMetrics:
+    """metrics.jsonl as the ranks other than 0 see it: nothing is written."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def __enter__(self) -> _NoMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 def lost(d: Distributed, err: BaseException) -> PeerLost:

@@ -15,7 +15,6 @@ Under torchrun every process runs this same loop on its share of each batch; wha
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -130,15 +129,14 @@ class Trainer:
         total = cfg.epochs * len(self.data.batches)
         total = total if cfg.max_steps is None else min(total, cfg.max_steps)
         # disable=None: no bar when stderr is not a terminal (the validation lines on stdout still say how it goes)
-        self.bar = tqdm(total=total, initial=min(p.step, total), unit="step", disable=None if cfg.progress and self.dist.writer else True,
-                        dynamic_ncols=True, desc="train")
+        self.bar = tqdm(total=total, initial=min(p.step, total), unit="step",
+                        disable=None if cfg.progress and self.dist.writer else True, dynamic_ncols=True, desc="train")
         self.t_start = time.perf_counter()
         self.window.reset()
         self.model.train()
         stop = StopSignal(f"finishing this step and saving {LAST} (press Ctrl-C again to stop at once)",
                           quiet=not self.dist.writer)
-        metrics = self.folder.open_metrics() if self.dist.writer else contextlib.nullcontext()
-        with stop, metrics as self.metrics:
+        with stop, self.dist.open_metrics(self.folder) as self.metrics:
             try:
                 reason = self._steps(stop)
                 if reason == INTERRUPTED:
@@ -215,10 +213,8 @@ class Trainer:
             record["valid_ppl"] = ppl
             note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
             where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
-            if self.dist.writer:
-                self.bar.write(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", file=sys.stdout)
-        if self.dist.writer:
-            self.metrics.write(record)
+            self.dist.say(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", write=self.bar.write, file=sys.stdout)
+        self.metrics.write(record)
         self.window.reset()
 
     def evaluate_and_save(self) -> tuple[float, bool]:
@@ -244,17 +240,18 @@ class Trainer:
         parts = self.dist.gather_to_writer({"hidden": hidden, "rng_state": capture_rng_state()})
         if parts is None:
             return
-        ranks = {"world_size": self.dist.world_size}
+        per_process: dict[str, Any] = {"world_size": self.dist.world_size}
         if self.dist.active:
-            ranks["rank_rng_states"] = [part["rng_state"] for part in parts]
+            per_process["rank_rng_states"] = [part["rng_state"] for part in parts]
             hidden = None if hidden is None else torch.cat([part["hidden"] for part in parts], dim=1)
-        save_checkpoint(path, {**ranks,
+        save_checkpoint(path, {**per_process,
             "model_config": self.model.config.to_dict(), "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(), "train_config": self.cfg.to_dict(),
             "vocab": self.data.vocab.to_list(), "tokenizer": self.data.settings.to_dict(),
             "corpus": self.data.corpus_record(), "step": p.step, "epoch": p.epoch,
             "data_state": self.data.batches.state_dict(),
-            "hidden": hidden, "rng_state": parts[0]["rng_state"], "best_valid_ppl": None if math.isinf(p.best) else p.best,
+            "hidden": hidden, "rng_state": parts[0]["rng_state"],
+            "best_valid_ppl": None if math.isinf(p.best) else p.best,
             "elapsed": self.elapsed(),
         })
 
