@@ -201,10 +201,6 @@ class Distributed:
         self._guard(lambda: dist.broadcast_object_list(box, src=0))
         return box[0]
 
-    def barrier(self) -> None:
-        if self.active:
-            self._guard(dist.barrier)
-
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else \
             torch.device("cpu")
