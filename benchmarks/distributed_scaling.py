@@ -16,23 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from compare_baseline import cpu_name  # noqa: E402  (the CPU's name, as the baseline comparison reports it)
 
 
 def measure(nproc: int, steps: int, extra: list[str], folder: Path) -> float:
