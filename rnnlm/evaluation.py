@@ -8,6 +8,10 @@ of totals, never a mean of batch means. With batch_size 1 the whole sequence is 
 
 The sum stays on the device until the end (one host read for the whole evaluation, not one per window), and the
 backend's deferred checks (a target outside the vocabulary) are read only when that sum is not finite.
+
+shard=(rank, world) (evaluation split across the processes of a run): this process reads only its contiguous
+share of the B streams (the last share also the leftover targets) and returns its partial sums; summed over the
+ranks in float64 (rnnlm.training.distributed) they cover the same targets, each once, as one process does.
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ def _stream_nll(model: WordRNN, x: torch.Tensor, y: torch.Tensor, hidden: torch.
     return hidden
 
 
-def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, window: int = WINDOW) -> EvalResult:
+def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, window: int = WINDOW, *,
+                    shard: tuple[int, int] = (0, 1)) -> EvalResult:
     """Exact perplexity of `model` on the 1-D int64 token ids `tokens` (every one of the N - 1 targets once).
 
     Runs in eval mode under torch.inference_mode on the model's device and backend, in the parameters' dtype
@@ -64,16 +69,19 @@ def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, 
     b = min(int(batch_size), n_targets)
     s = n_targets // b
     rest = n_targets - b * s
+    rank, world = shard
+    rows = slice(rank * b // world, (rank + 1) * b // world)   # this shard's streams (all of them in one process)
+    mine = rows.stop - rows.start
     was_training = model.training
     model.eval()
     checks = model.backend.device_checks(device)
     try:
         with torch.inference_mode(), torch.autocast(device.type, enabled=False):
             nll = torch.zeros((), dtype=torch.float64, device=device)
-            x = tokens[: b * s].view(b, s)
-            y = tokens[1: b * s + 1].view(b, s)
-            hidden = _stream_nll(model, x, y, None, window, nll, checks)
-            if rest:
+            x = tokens[: b * s].view(b, s)[rows]
+            y = tokens[1: b * s + 1].view(b, s)[rows]
+            hidden = _stream_nll(model, x, y, None, window, nll, checks) if mine else None
+            if rest and rank == world - 1:
                 # The leftover targets follow the last stream: continue it from its final state.
                 xr = tokens[b * s: n - 1].view(1, rest)
                 yr = tokens[b * s + 1:].view(1, rest)
@@ -83,5 +91,8 @@ def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, 
                 checks.check()  # ValueError naming a target outside the vocabulary (their losses are NaN)
     finally:
         model.train(was_training)
+    if world > 1:  # partial sums: the perplexity is the caller's, from the totals over every shard
+        mine_targets = mine * s + (rest if rank == world - 1 else 0)
+        return EvalResult(perplexity=math.nan, nll_sum=total, n_targets=mine_targets)
     return EvalResult(perplexity=math.exp(total / n_targets), nll_sum=total, n_targets=n_targets)
 

@@ -4,6 +4,11 @@ StreamBatches lays the tokens out as B contiguous streams (B, S) and yields cons
 carries the hidden state from one to the next); WindowBatches draws random windows from an unfold view (B, T+1),
 a fresh permutation per epoch from a torch.Generator. Both save and restore their position (state_dict), so a
 resumed run continues with the very next batch.
+
+shard=(rank, world) (training on `world` processes, rnnlm.training.distributed): batch_size stays the global
+batch and this process yields rows rank*B/world .. (rank+1)*B/world of each global batch: its own contiguous
+streams (StreamBatches), or its share of the windows every process draws from the same seeded permutation
+(WindowBatches). The union over ranks is exactly the batch one process would yield.
 """
 from __future__ import annotations
 
@@ -26,6 +31,16 @@ def _window_tokens(tokens: Any, seq_len: int, name: str) -> torch.Tensor:
     return t.to(torch.int64).contiguous()
 
 
+def _shard_rows(batch_size: int, shard: tuple[int, int]) -> slice:
+    """The rows of a global batch that process `rank` of `world` takes; UsageError unless world divides B."""
+    rank, world = shard
+    if batch_size % world:
+        raise UsageError(f"{{batch_size}} {batch_size} is the global batch and must be a multiple of the {world} "
+                         f"processes", params=("batch_size",))
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
 def max_batch_size(n_tokens: int, seq_len: int) -> int:
     """The largest batch size StreamBatches accepts for n_tokens tokens and windows of seq_len."""
     return max(0, (n_tokens - 1) // seq_len)
@@ -39,7 +54,8 @@ class StreamBatches:
     on the last window yielded."""
     carry_hidden = True
 
-    def __init__(self, tokens, batch_size: int, seq_len: int, *, name: str = "corpus", drop_last: bool = False):
+    def __init__(self, tokens, batch_size: int, seq_len: int, *, name: str = "corpus", drop_last: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         self.batch_size = positive_int("batch size", batch_size)
         self.seq_len = positive_int("seq_len", seq_len)
         tokens = _window_tokens(tokens, self.seq_len, name)
@@ -50,8 +66,9 @@ class StreamBatches:
                              f"{max_batch_size(n, t)} or less", params=("batch_size",))
         s = (n - 1) // b
         self.stream_len = s
-        self.x = tokens[: b * s].view(b, s)          # (B, S) view
-        self.y = tokens[1: b * s + 1].view(b, s)     # (B, S) view, shifted by one token
+        rows = _shard_rows(b, shard)
+        self.x = tokens[: b * s].view(b, s)[rows]          # (B, S) view (B / world rows of it on a shard)
+        self.y = tokens[1: b * s + 1].view(b, s)[rows]     # the same, shifted by one token
         self.num_windows = s // t if drop_last else -(-s // t)
         self.position = 0
 
@@ -112,7 +129,7 @@ class WindowBatches:
     carry_hidden = False
 
     def __init__(self, tokens, batch_size: int, seq_len: int, generator: torch.Generator | None = None, *,
-                 name: str = "corpus"):
+                 name: str = "corpus", shard: tuple[int, int] = (0, 1)):
         self.batch_size = positive_int("batch size", batch_size)
         self.seq_len = positive_int("seq_len", seq_len)
         tokens = _window_tokens(tokens, self.seq_len, name)
@@ -123,6 +140,7 @@ class WindowBatches:
                              f"windows of seq_len {t}; use {{batch_size}} {self.num_starts} or less",
                              params=("batch_size",))
         self.generator = generator if generator is not None else torch.Generator()
+        self._rows = _shard_rows(b, shard)
         self._windows = tokens.unfold(0, t + 1, 1)   # (N - T, T + 1) view
         self.num_batches = self.num_starts // b
         self.position = 0
@@ -142,7 +160,8 @@ class WindowBatches:
             self._start_epoch()
         if not 0 <= i < self.num_batches:
             raise IndexError(f"batch {i} out of range 0..{self.num_batches - 1}")
-        w = self._windows[self._perm[i * self.batch_size:(i + 1) * self.batch_size]]   # (B, T + 1) copy
+        starts = self._perm[i * self.batch_size:(i + 1) * self.batch_size][self._rows]
+        w = self._windows[starts]   # (B, T + 1) copy (B / world rows on a shard)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -175,8 +194,10 @@ class WindowBatches:
 BATCHINGS = ("windows", "stream")
 
 
-def make_batches(batching: str, tokens, batch_size: int, seq_len: int, seed: int, *, name: str = "corpus"):
-    """WindowBatches (random windows, their order seeded) or StreamBatches, by name (one of BATCHINGS)."""
+def make_batches(batching: str, tokens, batch_size: int, seq_len: int, seed: int, *, name: str = "corpus",
+                 shard: tuple[int, int] = (0, 1)):
+    """WindowBatches (random windows, their order seeded) or StreamBatches, by name (one of BATCHINGS); shard:
+    (rank, world size) of a run on several processes (see the module docstring)."""
     if batching == "stream":
-        return StreamBatches(tokens, batch_size, seq_len, name=name)
-    return WindowBatches(tokens, batch_size, seq_len, torch.Generator().manual_seed(seed), name=name)
+        return StreamBatches(tokens, batch_size, seq_len, name=name, shard=shard)
+    return WindowBatches(tokens, batch_size, seq_len, torch.Generator().manual_seed(seed), name=name, shard=shard)

@@ -11,4 +11,5 @@
     determinism.py  --deterministic
     run_dir.py      the run folder and its metrics.jsonl
     metrics.py      the loss and tokens/s reported between evaluations
+    distributed.py  torchrun: the process group, DDP, one writer, stopping together, evaluation sums
 """

@@ -34,7 +34,8 @@ class TrainConfig:
                                 "streams, hidden state carried between batches (truncated BPTT; at the default "
                                 "--lr it saturates a tanh RNN: use --lr 3e-4 with it)")
     seq_len: int = option(20, help="time steps per batch (backpropagation length)")
-    batch_size: int = option(64, help="sequences per batch")
+    batch_size: int = option(64, help="sequences per batch, in all: under torchrun each of the N processes takes "
+                                      "B / N of them, so --lr means what it means in one process")
     # model
     embed_size: int = option(256, help="word embedding size")
     hidden_size: int = option(512, help="RNN hidden size")
@@ -66,6 +67,8 @@ class TrainConfig:
     out: str = option("runs/rnnlm", help="output folder: last.pt, best.pt, metrics.jsonl", metavar="DIR")
     resume: str | None = option(None, help="continue the run saved in DIR (its last.pt)", metavar="DIR")
     deterministic: bool = option(False, help=DETERMINISTIC_HELP)
+    dist_timeout: float = option(300.0, help="under torchrun: seconds a process waits for the others in a "
+                                             "collective before it stops with an error", metavar="SECONDS")
     progress: bool = option(True, help="show a progress bar")
     sample_prompt: str = option("我们", help="prompt of the sample generated at the end")
     sample_length: int = option(50, help="words generated after the prompt at the end (0: no sample)")
@@ -78,6 +81,7 @@ class TrainConfig:
             positive_int("max_steps", self.max_steps)
         positive_number("lr", self.lr)
         positive_number("time_budget", self.time_budget, allow_none=True)
+        positive_number("dist_timeout", self.dist_timeout)
         if self.vocab_size < 3:
             raise UsageError(f"{{vocab_size}} must be at least 3 (<pad>, <unk> and one word), got {self.vocab_size}",
                              params=("vocab_size",))

@@ -28,6 +28,10 @@ class TrainingWindow:
         self.steps += 1
         self.tokens += tokens
 
-    def summary(self) -> tuple[float, float]:
-        """(mean loss, tokens/s) of the window; call only when it has steps."""
-        return float(self.loss_sum) / self.steps, self.tokens / max(time.perf_counter() - self.started, 1e-9)
+    def summary(self, dist=None) -> tuple[float, float]:
+        """(mean loss, tokens/s) of the window; call only when it has steps. With `dist` (a
+        rnnlm.training.distributed.Distributed, every rank calling): the mean over the ranks and their tokens."""
+        loss_sum, tokens = self.loss_sum, self.tokens
+        if dist is not None and dist.active:
+            loss_sum, tokens = dist.mean(loss_sum), tokens * dist.world_size
+        return float(loss_sum) / self.steps, tokens / max(time.perf_counter() - self.started, 1e-9)

@@ -13,6 +13,7 @@ from rnnlm.data import Corpus, TokenizerSettings, Vocab, load_corpus, make_batch
 from rnnlm.errors import UsageError
 from rnnlm.model import ModelConfig, WordRNN
 from rnnlm.training.config import TrainConfig
+from rnnlm.training.distributed import Distributed
 from rnnlm.training.resume import corpus_path
 from rnnlm.training.rng import restore_rng_state, seed_everything
 from rnnlm.training.step import make_optimizer
@@ -46,11 +47,12 @@ class Progress:
     elapsed_before: float = 0.0  # seconds of training before this invocation (resumes add up)
 
 
-def load_data(cfg: TrainConfig, payload: dict[str, Any] | None) -> RunData:
-    """Tokenizes (or reads from the cache) the corpus, builds the vocabulary, the splits and the batches."""
+def load_data(cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed()) -> RunData:
+    """Tokenizes (or reads from the cache) the corpus, builds the vocabulary, the splits and the batches (this
+    process's share of them on several processes: `d`)."""
     settings = TokenizerSettings(hmm=cfg.hmm, encoding_errors=cfg.encoding_errors)
     path = corpus_path(cfg, payload)
-    corpus = load_corpus(path, settings, progress=cfg.progress)
+    corpus = d.first_then_rest(lambda: load_corpus(path, settings, progress=cfg.progress and d.writer))
     vocab = Vocab.build(corpus, cfg.vocab_size)
     splits = split_corpus(corpus, vocab)
     for name in ("valid", "test"):
@@ -58,7 +60,7 @@ def load_data(cfg: TrainConfig, payload: dict[str, Any] | None) -> RunData:
             raise UsageError(f"the corpus is too small: its {name} split has {splits[name].numel()} token(s); "
                              f"give a corpus with more lines")
     batches = make_batches(cfg.batching, splits["train"], cfg.batch_size, cfg.seq_len, cfg.seed,
-                           name="training split")
+                           name="training split", shard=d.shard)
     return RunData(corpus, settings, vocab, splits, batches, path)
 
 
@@ -77,15 +79,20 @@ def build_model(cfg: TrainConfig, model_config: ModelConfig, backend: str, devic
     return model, optimizer
 
 
-def restore_progress(payload: dict[str, Any] | None, data: RunData, device: torch.device) -> Progress:
-    """Progress from the checkpoint (and the data position and random states with it), or a fresh start."""
+def restore_progress(payload: dict[str, Any] | None, data: RunData, device: torch.device,
+                     d: Distributed = Distributed()) -> Progress:
+    """Progress from the checkpoint (and the data position and random states with it), or a fresh start; on
+    several processes, this rank's rows of the hidden state and its own random states."""
     if payload is None:
         return Progress()
     data.batches.load_state_dict(payload["data_state"])
     hidden = payload.get("hidden")
+    if hidden is not None and d.active:
+        per = hidden.shape[1] // d.world_size
+        hidden = hidden[:, d.rank * per:(d.rank + 1) * per].contiguous()
     progress = Progress(step=int(payload["step"]), epoch=int(payload["epoch"]),
                         hidden=None if hidden is None else hidden.to(device),
                         best=payload.get("best_valid_ppl") or math.inf,
                         elapsed_before=float(payload.get("elapsed", 0.0)))
-    restore_rng_state(payload["rng_state"])
+    restore_rng_state(payload["rank_rng_states"][d.rank] if d.active else payload["rng_state"])
     return progress

@@ -12,8 +12,9 @@ class StopSignal:
     """While active, SIGINT / SIGTERM set `received` (checked after every step); a second one raises
     KeyboardInterrupt."""
 
-    def __init__(self, message: str):
-        self.message = message  # printed on stderr when the first signal arrives
+    def __init__(self, message: str, quiet: bool = False):
+        self.message = message  # printed on stderr when the first signal arrives (unless quiet)
+        self.quiet = quiet
         self.received: str | None = None
         self._saved: dict[int, Any] = {}
 
@@ -21,7 +22,8 @@ class StopSignal:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        print(f"\nrnnlm.train: {self.received} received: {self.message}", file=sys.stderr, flush=True)
+        if not self.quiet:
+            print(f"\nrnnlm.train: {self.received} received: {self.message}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -70,8 +70,10 @@ class TrainStep:
     NonFiniteError for the first non-finite step since the start (a step never applied, nor any after it)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, clip: float, precision: str,
-                 device: torch.device):
-        self.model, self.optimizer = model, optimizer
+                 device: torch.device, finite_check=None):
+        # finite_check(loss, norm, number): raises at once (rnnlm.training.distributed's on several processes: all
+        # ranks agree on the step and name the rank); None: the device-side guard alone, read by check()
+        self.model, self.optimizer, self.finite_check = model, optimizer, finite_check
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_norm = clip if clip > 0 else math.inf
         self.compute_dtype = compute_dtype(precision, device)
@@ -88,6 +90,8 @@ class TrainStep:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         loss = loss.detach()
         halted = self.guard.record(loss, norm, number)   # before the optimizer applies anything
+        if self.finite_check is not None:  # several processes: every rank stops at this step (one read a step)
+            self.finite_check(loss, norm, number)
         step_unless(self.optimizer, halted)
         return loss, new_hidden
 

@@ -8,6 +8,10 @@ metrics.jsonl line, and every --eval-every steps (and at the end) it also measur
 perplexity and saves last.pt and, when that improved, best.pt (Trainer.evaluate_and_save). It stops at the
 first of: --epochs done, --max-steps reached, the --time-budget used, or Ctrl-C / SIGTERM (the step finishes
 and last.pt is saved). Trainer.finish() prints the test perplexity of best.pt and a sample.
+
+Under torchrun every process runs this same loop on its share of each batch; what involves the other processes
+(the process group, DDP, who writes and prints, stopping together, evaluation sums) goes through `self.dist`
+(rnnlm.training.distributed).
 """
 from __future__ import annotations
 
@@ -18,16 +22,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import UsageError
-from rnnlm.evaluation import evaluate_tokens
 from rnnlm.inference.text import generate
 from rnnlm.model import resolve_device
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
+from rnnlm.training.distributed import Distributed, check_world_size, session
 from rnnlm.training.metrics import TrainingWindow, perplexity
 from rnnlm.training.nan_guard import NonFiniteError
 from rnnlm.training.resume import check_same_run, resume_config, resume_file
@@ -63,51 +68,59 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
         cfg = resume_config(cfg, explicit, payload)
     cfg.validate()
-    with deterministic_mode(cfg.deterministic, cfg.device):
-        trainer = Trainer.build(cfg, payload)
+    with session(resolve_device(cfg.device), cfg.dist_timeout) as d, \
+            deterministic_mode(cfg.deterministic, cfg.device):
+        if payload is not None:
+            check_world_size(payload, d, cfg.resume)
+        trainer = Trainer.build(cfg, payload, d)
         result = trainer.loop()
         return trainer.finish(result) if result.status == "finished" else result
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, folder: RunFolder, data: RunData, model, optimizer, progress: Progress,
-                 device, resumed: bool):
-        self.cfg, self.folder, self.data, self.device = cfg, folder, data, device
+                 device, resumed: bool, dist: Distributed = Distributed()):
+        self.cfg, self.folder, self.data, self.device, self.dist = cfg, folder, data, device, dist
         self.model, self.optimizer, self.progress = model, optimizer, progress
-        self.step_fn = TrainStep(model, optimizer, clip=cfg.clip, precision=cfg.precision, device=device)
+        self.step_fn = TrainStep(dist.wrap(model, device), optimizer, clip=cfg.clip, precision=cfg.precision,
+                                 device=device, finite_check=dist.check_finite if dist.active else None)
         self.window = TrainingWindow(device)
         self.last_eval_step = progress.step if resumed else -1
         self.t_start = time.perf_counter()
 
     @classmethod
-    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None) -> Trainer:
+    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed()) -> Trainer:
         folder = RunFolder(cfg.out)
-        folder.prepare()
-        device = resolve_device(cfg.device)
+        if d.writer:
+            folder.prepare()
+        device = d.device(resolve_device(cfg.device))
         backend = resolve_backend(cfg.backend, device)
         compute_dtype(cfg.precision, device)  # refuses bf16 on a GPU without it, before any work
-        data = load_data(cfg, payload)
+        data = load_data(cfg, payload, d)
         model_config = cfg.model_config(len(data.vocab))
         if payload is not None:
             check_same_run(payload, data.corpus, data.settings, data.vocab, model_config)
         model, optimizer = build_model(cfg, model_config, backend, device, payload)
-        trainer = cls(cfg, folder, data, model, optimizer, restore_progress(payload, data, device), device,
-                      resumed=payload is not None)
+        if payload is None:
+            d.seed(cfg.seed)
+        trainer = cls(cfg, folder, data, model, optimizer, restore_progress(payload, data, device, d), device,
+                      resumed=payload is not None, dist=d)
         trainer.announce()
         return trainer
 
     def announce(self) -> None:
         corpus, vocab, splits, batches = self.data.corpus, self.data.vocab, self.data.splits, self.data.batches
         n_params = sum(p.numel() for p in self.step_fn.params)
-        print(f"corpus: {corpus.path} ({corpus.n_tokens:,} tokens, {len(corpus.lexicon):,} distinct words); "
+        say = self.dist.say
+        say(f"corpus: {corpus.path} ({corpus.n_tokens:,} tokens, {len(corpus.lexicon):,} distinct words); "
               f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
               f"{splits['test'].numel():,} tokens")
-        print(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
+        say(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
               f"{self.device}, precision {self.cfg.precision}, {self.cfg.batching} batching, {len(batches)} steps "
-              f"per epoch")
+              f"per epoch" + (f", {self.dist.world_size} processes" if self.dist.active else ""))
         if self.last_eval_step >= 0:
             p = self.progress
-            print(f"resuming {self.cfg.resume} at step {p.step} (epoch {p.epoch + 1}, batch {batches.position} of "
+            say(f"resuming {self.cfg.resume} at step {p.step} (epoch {p.epoch + 1}, batch {batches.position} of "
                   f"{len(batches)})")
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -117,13 +130,14 @@ class Trainer:
         total = cfg.epochs * len(self.data.batches)
         total = total if cfg.max_steps is None else min(total, cfg.max_steps)
         # disable=None: no bar when stderr is not a terminal (the validation lines on stdout still say how it goes)
-        self.bar = tqdm(total=total, initial=min(p.step, total), unit="step", disable=None if cfg.progress else True,
-                        dynamic_ncols=True, desc="train")
+        self.bar = tqdm(total=total, initial=min(p.step, total), unit="step",
+                        disable=None if cfg.progress and self.dist.writer else True, dynamic_ncols=True, desc="train")
         self.t_start = time.perf_counter()
         self.window.reset()
         self.model.train()
-        stop = StopSignal(f"finishing this step and saving {LAST} (press Ctrl-C again to stop at once)")
-        with stop, self.folder.open_metrics() as self.metrics:
+        stop = StopSignal(f"finishing this step and saving {LAST} (press Ctrl-C again to stop at once)",
+                          quiet=not self.dist.writer)
+        with stop, self.dist.open_metrics(self.folder) as self.metrics:
             try:
                 reason = self._steps(stop)
                 if reason == INTERRUPTED:
@@ -144,7 +158,7 @@ class Trainer:
                 return self._ended("interrupted again")
             finally:
                 self.bar.close()
-        print(f"training stopped at step {p.step}: {reason}")
+        self.dist.say(f"training stopped at step {p.step}: {reason}")
         return TrainResult("finished", p.step, self.folder.path, stop_reason=reason)
 
     def _steps(self, stop: StopSignal) -> str:
@@ -154,11 +168,13 @@ class Trainer:
         while p.epoch < cfg.epochs and (cfg.max_steps is None or p.step < cfg.max_steps):
             for x, y in self.data.batches:
                 self.train_step(x, y)
-                if stop.received is not None:                 # first: the user wants out now
+                signalled, past_deadline = self.dist.agree_to_stop(
+                    stop.received is not None, deadline is not None and time.perf_counter() >= deadline)
+                if signalled:                                 # first: the user wants out now (on any rank)
                     return INTERRUPTED
                 if cfg.max_steps is not None and p.step >= cfg.max_steps:
                     return f"reached --max-steps {cfg.max_steps}"
-                if deadline is not None and time.perf_counter() >= deadline:
+                if past_deadline:                             # rank 0's clock decides
                     return f"used the --time-budget of {cfg.time_budget:g} minutes"
                 if p.step % cfg.eval_every == 0 or p.step % cfg.log_every == 0:
                     self.log(evaluate=p.step % cfg.eval_every == 0)
@@ -189,7 +205,7 @@ class Trainer:
                                   if in_epoch else p.epoch, "time": round(self.elapsed(), 3)}
         train_note = ""
         if self.window.steps:
-            mean, rate = self.window.summary()
+            mean, rate = self.window.summary(self.dist)
             record.update(loss=mean, train_ppl=perplexity(mean), tokens_per_s=round(rate, 1))
             self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.1f}", tok_s=f"{rate:,.0f}",
                                  refresh=False)
@@ -199,14 +215,14 @@ class Trainer:
             record["valid_ppl"] = ppl
             note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
             where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
-            self.bar.write(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", file=sys.stdout)
+            self.dist.say(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", write=self.bar.write, file=sys.stdout)
         self.metrics.write(record)
         self.window.reset()
 
     def evaluate_and_save(self) -> tuple[float, bool]:
         """(validation perplexity, whether it is the best so far); saves best.pt if so, and last.pt."""
         p = self.progress
-        ppl = evaluate_tokens(self.model, self.data.splits["valid"]).perplexity
+        ppl = self.dist.evaluate(self.model, self.data.splits["valid"]).perplexity
         self.last_eval_step = p.step
         improved = ppl < p.best
         if improved:
@@ -220,32 +236,44 @@ class Trainer:
         return self.progress.elapsed_before + (time.perf_counter() - self.t_start)
 
     def save(self, path: Path) -> None:
+        """Rank 0 writes the checkpoint; the others send it their rows of the hidden state and random states."""
         p = self.progress
-        save_checkpoint(path, {
+        hidden = None if p.hidden is None else p.hidden.detach().cpu()
+        parts = self.dist.gather_to_writer({"hidden": hidden, "rng_state": capture_rng_state()})
+        if parts is None:
+            return
+        per_process: dict[str, Any] = {"world_size": self.dist.world_size}
+        if self.dist.active:
+            per_process["rank_rng_states"] = [part["rng_state"] for part in parts]
+            hidden = None if hidden is None else torch.cat([part["hidden"] for part in parts], dim=1)
+        save_checkpoint(path, {**per_process,
             "model_config": self.model.config.to_dict(), "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(), "train_config": self.cfg.to_dict(),
             "vocab": self.data.vocab.to_list(), "tokenizer": self.data.settings.to_dict(),
             "corpus": self.data.corpus_record(), "step": p.step, "epoch": p.epoch,
             "data_state": self.data.batches.state_dict(),
-            "hidden": None if p.hidden is None else p.hidden.detach().cpu(),
-            "rng_state": capture_rng_state(), "best_valid_ppl": None if math.isinf(p.best) else p.best,
+            "hidden": hidden, "rng_state": parts[0]["rng_state"],
+            "best_valid_ppl": None if math.isinf(p.best) else p.best,
             "elapsed": self.elapsed(),
         })
 
     # -- finish --------------------------------------------------------------------------------------------------
     def finish(self, result: TrainResult) -> TrainResult:
         """Test perplexity of the best model (best.pt, else the current one) and one sample from it, printed."""
-        if self.folder.best.exists():
-            best = load_checkpoint(self.folder.best)
-            self.model.load_state_dict(best["model_state"])
-            which = f"best.pt, step {best['step']}"
+        best = load_checkpoint(self.folder.best) if self.dist.writer and self.folder.best.exists() else None
+        best_step = self.dist.from_writer(None if best is None else int(best["step"]))
+        if best_step is not None:
+            if best is not None:
+                self.model.load_state_dict(best["model_state"])
+            self.dist.broadcast_state(self.model)
+            which = f"best.pt, step {best_step}"
         else:
             which = f"step {self.progress.step}"
-        test = evaluate_tokens(self.model, self.data.splits["test"])
+        test = self.dist.evaluate(self.model, self.data.splits["test"])
         result.test_perplexity = test.perplexity
-        print(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets)")
-        if self.cfg.sample_length > 0:
+        self.dist.say(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets)")
+        if self.cfg.sample_length > 0 and self.dist.writer:
             result.sample = generate(self.model, self.data.vocab, self.data.settings, self.cfg.sample_prompt,
                                      self.cfg.sample_length, temperature=0.8, seed=self.cfg.seed)[0]
-            print(f"sample: {result.sample}")
+            self.dist.say(f"sample: {result.sample}")
         return result
