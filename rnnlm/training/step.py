@@ -2,7 +2,7 @@
 
 zero the gradients (set to None) -> the model's training loss (rnnlm.backends: the fused output layer + loss on
 the torch backend) under autocast for --precision bf16 -> backward -> clip the global gradient norm (foreach)
--> the NaN guard -> fused Adam. No .item() per step except the guard's finite check (free on the CPU).
+-> the NaN guard -> fused AdamW. No .item() per step except the guard's finite check (free on the CPU).
 
 keep_freed_memory() is for the process that runs these steps: each step allocates several tensors of 25-50 MB
 (the default model's logits and gradients), and glibc would hand them back to the kernel after every step and
@@ -35,12 +35,18 @@ def keep_freed_memory() -> None:
         pass
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused where this torch and device have it, else foreach."""
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW, fused where this torch and device have it, else foreach. The decoupled weight decay applies to
+    matrices only (dim >= 2: embedding, W_ih, W_hh, output weights), never to biases; torch multiplies it by the
+    current lr, so the decay follows the schedule. weight_decay 0: one group, the same steps as Adam."""
+    groups: list = list(params)
+    if weight_decay > 0:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, foreach=True)
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
