@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import torch
 
-INITS = ("rnnlm", "torch")
 UNIFORM = 0.1
 W_HH_SCALE = 0.5
 
 
 @torch.no_grad()
-def init_weights(model, scheme: str) -> None:
-    """Re-initialises `model` (a WordRNN) in place as `scheme` says, drawing from torch's global generator."""
-    if scheme == "torch":
-        return
-    if scheme != "rnnlm":
-        raise ValueError(f"init scheme must be one of {INITS}, got {scheme!r}")
+def _rnnlm_init(model) -> None:
     model.embedding.weight.uniform_(-UNIFORM, UNIFORM)
     if model.fc.weight is not model.embedding.weight:
         model.fc.weight.uniform_(-UNIFORM, UNIFORM)
@@ -29,3 +23,14 @@ def init_weights(model, scheme: str) -> None:
     for k in range(model.rnn.num_layers):
         w_hh = getattr(model.rnn, f"weight_hh_l{k}")
         w_hh.copy_(W_HH_SCALE * torch.eye(w_hh.shape[0], dtype=w_hh.dtype, device=w_hh.device))
+
+
+SCHEMES = {"rnnlm": _rnnlm_init, "torch": lambda model: None}  # torch: the modules' own initialisation
+INITS = tuple(SCHEMES)
+
+
+def init_weights(model, scheme: str) -> None:
+    """Re-initialises `model` (a WordRNN) in place as `scheme` says, drawing from torch's global generator."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"init scheme must be one of {INITS}, got {scheme!r}")
+    SCHEMES[scheme](model)
