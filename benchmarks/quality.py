@@ -58,7 +58,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"{name}, {n} thread{'' if n == 1 else 's'}"
 
 
 def run(recipe: str, tokens: float, eval_every: int, train_args: list[str], out: str | None) -> dict:
