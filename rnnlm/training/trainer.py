@@ -8,7 +8,8 @@ metrics.jsonl line, and every --eval-every steps (and at the end) it also measur
 perplexity and saves last.pt and, when that improved, best.pt (Trainer.evaluate_and_save). It stops at the
 first of: --epochs done, --max-steps reached, the --time-budget used, --patience validations without a new best,
 or Ctrl-C / SIGTERM (the step finishes and last.pt is saved). Before each step the learning rate is set from the
-schedule (rnnlm.training.schedule), over the run's planned steps or the time budget's estimate. Trainer.finish() prints the test perplexity of best.pt and a sample.
+schedule (rnnlm.training.schedule), over the run's planned steps or the time budget's estimate.
+Trainer.finish() prints the test perplexity of best.pt and a sample.
 """
 from __future__ import annotations
 
