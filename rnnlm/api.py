@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from rnnlm.checkpoint import load_checkpoint, model_from_checkpoint
-from rnnlm.data import SPLITS, load_corpus, split_corpus, tokenize_text
+from rnnlm.data import SPLITS, load_corpus, oov_rate, split_corpus, tokenize_text
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import EvalResult, evaluate_tokens
 from rnnlm.inference.text import generate
@@ -49,14 +51,15 @@ class LanguageModel:
 
     def generate(self, prompt: str = "我们", length: int = 50, *, num_samples: int = 1, temperature: float = 0.8,
                  greedy: bool = False, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 output_precision: str = "auto") -> str | list[str]:
+                 output_precision: str = "auto", allow_unk: bool = False) -> str | list[str]:
         """The prompt followed by `length` generated words: a str, or a list of num_samples of them when > 1.
 
         The sampling settings are rnnlm.inference.generation.generate's; the same seed gives the same text.
+        <pad> is never drawn, <unk> only with allow_unk.
         """
         texts = generate(self.model, self.vocab, self.settings, prompt, length, temperature=temperature,
                          greedy=greedy, top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
-                         output_precision=output_precision)
+                         output_precision=output_precision, allow_unk=allow_unk)
         return texts[0] if num_samples == 1 else texts
 
     def perplexity(self, text: str, batch_size: int = 1) -> float:
@@ -67,9 +70,13 @@ class LanguageModel:
         ids = torch.tensor(self.vocab.encode(tokenize_text(text, self.settings)), dtype=torch.int64)
         return evaluate_tokens(self.model, ids, batch_size=batch_size).perplexity
 
-    def evaluate(self, split: str = "test", data: str | os.PathLike | None = None, batch_size: int = 16
-                 ) -> EvalResult:
-        """Exact perplexity on one split of a corpus: `data`, else the corpus the checkpoint was trained on."""
+    def evaluate(self, split: str = "test", data: str | os.PathLike | None = None, batch_size: int = 16,
+                 uniform: bool = False) -> EvalResult:
+        """Exact perplexity on one split of a corpus: `data`, else the corpus the checkpoint was trained on, with
+        the split's out-of-vocabulary rate (result.oov_rate: its share of <unk> tokens).
+
+        uniform=True: the perplexity of the uniform model instead (every word 1/V), through the same code on an
+        fp64 copy of the model whose output layer is zero: V, to about 1e-9 (README, "Perplexity")."""
         if split not in SPLITS:
             raise UsageError(f"{{split}} must be one of {', '.join(SPLITS)}, got {split!r}", params=("split",))
         corpus = load_corpus(data if data is not None else self._trained_corpus(), self.settings)
@@ -78,7 +85,9 @@ class LanguageModel:
             log.warning("warning: %s has changed since the checkpoint was trained on it; its splits may differ",
                         corpus.path)
         tokens = split_corpus(corpus, self.vocab)[split]
-        return evaluate_tokens(self.model, tokens, batch_size=batch_size)
+        model = uniform_model(self.model) if uniform else self.model
+        result = evaluate_tokens(model, tokens, batch_size=batch_size)
+        return dataclasses.replace(result, oov_rate=oov_rate(tokens))
 
     def _trained_corpus(self) -> str | None:
         """The path of the corpus the checkpoint was trained on (None: the default corpus)."""
@@ -90,3 +99,12 @@ class LanguageModel:
             raise UsageError(f"the corpus the checkpoint was trained on, {path}, is not there; give it as {{data}}",
                              params=("data",))
         return path
+
+
+def uniform_model(model):
+    """An fp64 copy of `model` whose logits are all 0: every word has probability exactly 1/V."""
+    uniform = copy.deepcopy(model).double()
+    with torch.no_grad():
+        uniform.fc.weight.zero_()
+        uniform.fc.bias.zero_()
+    return uniform

@@ -8,6 +8,7 @@ one runs on the other. A WordRNN holds one backend object and calls it for:
                          ATen on a CPU
     loss (evaluation)    F.cross_entropy on the logits (in fp32)      kernels.cross_entropy on the logits (their
                                                                       own dtype: the kernel reads bf16)
+    softmax(z / T)       torch.softmax                                kernels.softmax (fused temperature)
     loss (training)      the output layer and the loss fused          the output layer, then
                          (rnnlm.ops.linear_cross_entropy, its         kernels.cross_entropy, all under the
                          products in bf16 under --precision bf16);    caller's autocast
@@ -103,11 +104,15 @@ class Backend(Protocol):
                       compute_dtype: torch.dtype | None, checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy, new hidden) for a training step, differentiable; the value of model.loss."""
 
+    def softmax(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """softmax(logits / temperature) over the last dimension, differentiable (the distribution view)."""
+
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                length: int):
+                banned: torch.Tensor | None):
         """Generation's step and draw for N samples from the primed state hidden (L, N, H): an object with
         first(logits (N, V), out (N, 1)) and next(tokens (N,), t, out (N, 1)), each writing the words drawn, and
-        finish(), called once after the last draw (where deferred checks are read)."""
+        finish(), called once after the last draw (where deferred checks are read).
+        banned (K,) int64 or None: ids never drawn (their logits -inf before every draw, greedy included)."""
 
 
 class TorchBackend(Backend):
@@ -130,6 +135,9 @@ class TorchBackend(Backend):
             logits = logits.float()  # torch's log-softmax in fp32 at least
         return F.cross_entropy(logits, targets, reduction=reduction)
 
+    def softmax(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return torch.softmax(logits / temperature, dim=-1)
+
     def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype, checks=None):
         with torch.autocast(x.device.type, enabled=False):
             out, h_n = model.recurrence(x, hidden)                         # (B, T, H) fp32
@@ -138,8 +146,8 @@ class TorchBackend(Backend):
         return loss, h_n
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                length: int) -> _TorchDecoder:
-        return _TorchDecoder(model, hidden, sampling, output_precision, seed, length)
+                banned: torch.Tensor | None) -> _TorchDecoder:
+        return _TorchDecoder(model, hidden, sampling, output_precision, seed, banned)
 
 
 class TritonBackend(Backend):
@@ -151,11 +159,12 @@ class TritonBackend(Backend):
             from kernels.cross_entropy import cross_entropy
             from kernels.rnn import rnn, rnn_step
             from kernels.sample import sample
+            from kernels.softmax import softmax
         except Exception as err:  # ImportError, or a kernel module failing at import time
             raise UsageError(f"backend 'triton' is unavailable: the kernels could not be imported "
                              f"({type(err).__name__}: {err}); use {{backend}} torch", params=("backend",)) from err
         self._rnn, self._rnn_step, self._cross_entropy, self._sample = rnn, rnn_step, cross_entropy, sample
-        self._device_checks = DeviceChecks
+        self._softmax, self._device_checks = softmax, DeviceChecks
 
     def describe(self, device: torch.device) -> str:
         where = "in Triton's interpreter on the CPU" if kernels.INTERPRETED else "on CUDA"
@@ -175,42 +184,53 @@ class TritonBackend(Backend):
         loss = self._cross_entropy(logits, targets, reduction=reduction, checks=checks)
         return loss if loss.dtype == torch.float64 else loss.float()
 
+    def softmax(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return self._softmax(logits, temperature)
+
     def training_loss(self, model: WordRNN, x, y, hidden, compute_dtype, checks=None):
         return model.loss(x, y, hidden, checks=checks)
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                length: int) -> _TritonDecoder:
+                banned: torch.Tensor | None) -> _TritonDecoder:
         return _TritonDecoder(model, hidden, sampling, seed, self._rnn_step, self._sample,
-                              self.device_checks(hidden.device))
+                              self.device_checks(hidden.device), banned)
 
 
 class _TorchDecoder:
     """Steps with TorchStepper and draws by inverse CDF, or by rejection against the int8 envelope."""
 
+    UNIFORM_CHUNK = 256  # steps whose uniforms are drawn in one generator call (memory stays bounded)
+
     def __init__(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                 length: int):
+                 banned: torch.Tensor | None):
         self.stepper = TorchStepper(model, hidden, output_precision)
         self.envelope = self.stepper.w.fc_int8
-        self.sampling = sampling
+        self.sampling, self.banned = sampling, banned
         self.generator = torch.Generator(device=hidden.device).manual_seed(seed)
-        self.uniforms = None
-        if self.envelope is None and not sampling.greedy:
-            # every uniform at once: one generator call instead of one per step
-            n = hidden.shape[1]
-            self.uniforms = torch.rand(length, n, 1, generator=self.generator, device=hidden.device).unbind(0)
+        self.uniforms: list[torch.Tensor] = []
+
+    def _uniform(self, t: int) -> torch.Tensor:
+        """Step t's uniforms (N, 1), drawn UNIFORM_CHUNK steps at a time."""
+        if t % self.UNIFORM_CHUNK == 0 or not self.uniforms:
+            n = self.stepper.state.shape[1]
+            self.uniforms = torch.rand(self.UNIFORM_CHUNK, n, 1, generator=self.generator,
+                                       device=self.stepper.state.device).unbind(0)
+        return self.uniforms[t % self.UNIFORM_CHUNK]
 
     def first(self, logits: torch.Tensor, out: torch.Tensor) -> None:
         """out (N, 1) <- the first word, drawn from the prompt's fp32 logits (N, V)."""
         s = self.sampling
         if self.envelope is not None:
-            draw(logits, s.inv_temperature, s.shift, torch.rand(out.shape[0], 1, generator=self.generator), out)
+            draw(_ban(logits, self.banned), s.inv_temperature, s.shift,
+                 torch.rand(out.shape[0], 1, generator=self.generator), out)
         else:
             self._draw(logits, 0, out)
 
     def next(self, tokens: torch.Tensor, t: int, out: torch.Tensor) -> None:
         """Feeds the words tokens (N,) and draws word t into out (N, 1)."""
         if self.envelope is not None:
-            self.envelope.draw(self.stepper.hidden_step(tokens), self.sampling.inv_temperature, self.generator, out)
+            self.envelope.draw(self.stepper.hidden_step(tokens), self.sampling.inv_temperature, self.generator, out,
+                               self.banned)
         else:
             self._draw(self.stepper.step(tokens), t, out)
 
@@ -219,11 +239,12 @@ class _TorchDecoder:
 
     def _draw(self, logits: torch.Tensor, t: int, out: torch.Tensor) -> None:
         s = self.sampling
+        logits = _ban(logits, self.banned)
         if s.greedy:
             torch.argmax(logits, dim=-1, keepdim=True, out=out)
         else:
             z = filter_logits(logits, s.top_k, s.top_p) if s.filtered else logits
-            draw(z, s.inv_temperature, s.shift, self.uniforms[t], out)
+            draw(z, s.inv_temperature, s.shift, self._uniform(t), out)
 
 
 class _TritonDecoder:
@@ -232,9 +253,9 @@ class _TritonDecoder:
     token waits for the device."""
 
     def __init__(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, seed: int, rnn_step, sample,
-                 checks):
+                 checks, banned: torch.Tensor | None):
         self.model, self.state, self.sampling, self.seed = model, hidden, sampling, seed
-        self.rnn_step, self.sample, self.checks = rnn_step, sample, checks
+        self.rnn_step, self.sample, self.checks, self.banned = rnn_step, sample, checks, banned
         rnn = model.rnn
         self.step_args = dict(num_layers=rnn.num_layers, nonlinearity=rnn.nonlinearity, bias=rnn.bias)
 
@@ -253,5 +274,11 @@ class _TritonDecoder:
         s = self.sampling
         # A fresh seed per step: the kernel's counter-based generator is keyed by (seed, row, column).
         step_seed = (self.seed * _SEED_MIX + t) % 2**62
+        logits = _ban(logits, self.banned)
         out.copy_(self.sample(logits, 0.0 if s.greedy else float(s.temperature), step_seed, top_k=s.top_k,
                               top_p=s.top_p, checks=self.checks).view(-1, 1))
+
+
+def _ban(logits: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    """logits (N, V) with the banned columns at -inf, in place (the decoders' logits are their own buffers)."""
+    return logits if banned is None else logits.index_fill_(1, banned, float("-inf"))

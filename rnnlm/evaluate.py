@@ -1,5 +1,6 @@
-"""`python -m rnnlm.evaluate CKPT [--data PATH] [--split test] [--batch-size B] [--backend B] [--device D]`:
-the exact perplexity of a checkpoint on one split of its corpus (rnnlm.evaluation)."""
+"""`python -m rnnlm.evaluate CKPT [--data PATH] [--split test] [--batch-size B] [--uniform] [--backend B] [--device D]`:
+the exact perplexity of a checkpoint on one split of its corpus (rnnlm.evaluation), with the split's
+out-of-vocabulary rate; --uniform adds the uniform model's perplexity on the same split (= the vocabulary size)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ class EvaluateConfig(CheckpointOptions):
                               metavar="PATH")
     split: str = option("test", choices=SPLITS, help="which block of the corpus")
     batch_size: int = option(16, help="parallel streams the split is cut into (1: one stream, the most context)")
+    uniform: bool = option(False, help="also evaluate the uniform model (every word 1/V) on the same split: its "
+                                       "perplexity is the vocabulary size V")
 
     def validate(self) -> None:
         positive_int("batch_size", self.batch_size)
@@ -32,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm = open_checkpoint(cfg)
     result = lm.evaluate(cfg.split, data=cfg.data, batch_size=cfg.batch_size)
     print(f"{cfg.split} perplexity: {result.perplexity:.4f} ({result.n_targets + 1} tokens, "
-          f"{result.n_targets} predicted; backend {lm.model.backend.describe(lm.device)})")
+          f"{result.n_targets} predicted; OOV rate {result.oov_rate:.2%} (<unk>); "
+          f"backend {lm.model.backend.describe(lm.device)})")
+    if cfg.uniform:
+        uniform = lm.evaluate(cfg.split, data=cfg.data, batch_size=cfg.batch_size, uniform=True)
+        print(f"uniform model: {cfg.split} perplexity {uniform.perplexity:.9f} (vocabulary size "
+              f"{len(lm.vocab)}; fp64)")
     return 0
 
 

@@ -32,6 +32,7 @@ class EvalResult:
     perplexity: float
     nll_sum: float  # total negative log-likelihood (nats), float64
     n_targets: int  # tokens predicted: N - 1 for a sequence of N
+    oov_rate: float | None = None  # fraction of the tokens that are <unk> (set by callers that know the vocabulary)
 
     @property
     def mean_nll(self) -> float:

@@ -152,9 +152,9 @@ class WordRNN(nn.Module):
              reduction: str = "mean", checks=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the next-token targets y (B, T): (mean or sum over all B*T targets, hidden (L, B, H)).
 
-        The loss is computed in fp32 even when the logits are bf16 (autocast). checks: the backend's
-        device_checks() object, where a target outside the vocabulary is counted for a later read (no host read
-        here), or None (checked at once).
+        The loss is computed in fp32 even when the logits are bf16 (autocast), in fp64 for an fp64 model. checks:
+        the backend's device_checks() object, where a target outside the vocabulary is counted for a later read (no
+        host read here), or None (checked at once).
         """
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -163,6 +163,18 @@ class WordRNN(nn.Module):
         logits, h_n = self(x, hidden)
         flat = logits.reshape(-1, logits.shape[-1])  # (B*T, V), in the logits' dtype: the backend reads it
         return self._backend.cross_entropy(flat, y.reshape(-1), reduction, checks), h_n
+
+    def next_word_distribution(self, x: torch.Tensor, hidden: torch.Tensor | None = None, temperature: float = 1.0,
+                               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(z / temperature) of the logits z after the last word of each row of x (B, T): (probabilities
+        (B, V) in the parameters' dtype, hidden (L, B, H)). Differentiable; the backend's temperature softmax (on
+        triton the fused kernel, kernels.softmax). mask (V,) bool: words given probability 0, the rest
+        renormalised exactly (their logits set to -inf before the softmax)."""
+        out, h_n = self.recurrence(x, hidden)
+        logits = self.fc(out[:, -1])  # (B, V)
+        if mask is not None:
+            logits = logits.masked_fill(mask, float("-inf"))
+        return self._backend.softmax(logits, temperature), h_n
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor | None = None,
                       compute_dtype: torch.dtype | None = None, checks=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,9 @@ from test_train import read_metrics, run_train, _cli_error
 BATCHES = {"stream": ["--batching", "stream", "--batch-size", "32"],
            "windows": ["--batching", "windows", "--batch-size", "256"]}
 EPOCH_STEPS = {"stream": 21, "windows": 20}
-COMMON = ["--seq-len", "8", "--dropout", "0.25", "--num-layers", "2", "--sample-length", "0"]
+# The schedule spans 40 steps whatever --max-steps says, so the resumed part continues it mid-decay.
+COMMON = ["--seq-len", "8", "--dropout", "0.25", "--num-layers", "2", "--sample-length", "0", "--warmup", "5",
+          "--schedule-steps", "40"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,7 +125,8 @@ def test_resume_same_content_elsewhere_and_overrides(finished_run, tiny_corpus, 
     moved = tmp_path / "moved.txt"
     moved.write_bytes(tiny_corpus.read_bytes())
     code = train.main(["--resume", str(finished_run / "last.pt"), "--data", str(moved), "--out",
-                       str(tmp_path / "cont"), "--max-steps", "4", "--lr", "0.002", "--no-progress"])
+                       str(tmp_path / "cont"), "--max-steps", "4", "--lr", "0.002", "--no-progress",
+                       "--lr-schedule", "constant", "--warmup", "0"])
     assert code == 0
     last = load_checkpoint(tmp_path / "cont" / "last.pt")
     assert last["step"] == 4 and last["train_config"]["lr"] == 0.002

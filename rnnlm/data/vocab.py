@@ -1,4 +1,10 @@
-"""The vocabulary (words by frequency, <pad> and <unk> first) and the train / valid / test split of a corpus."""
+"""The vocabulary (words by frequency, <pad> and <unk> first) and the train / valid / test split of a corpus.
+
+The vocabulary is counted on the training split only (train_vocab), as language-modelling benchmarks do: a word
+seen only in the validation or test split is <unk> there. Counting it over the whole corpus would give such a word
+an id that the model never sees as a training target and learns to give almost no probability, so each of its
+occurrences in the test split would cost far more than <unk> does (the leak measured in issue 13).
+"""
 from __future__ import annotations
 
 import logging
@@ -36,10 +42,13 @@ class Vocab:
             raise UsageError("invalid vocabulary: it has duplicate entries")
 
     @classmethod
-    def build(cls, corpus_or_counts: "Corpus | Mapping[str, int]", size: int) -> "Vocab":
-        """The `size - 2` most frequent words plus <pad>, <unk> (fewer if the corpus has fewer words)."""
+    def build(cls, corpus_or_counts: "Corpus | Mapping[str, int]", size: int, min_freq: int = 1) -> "Vocab":
+        """The `size - 2` most frequent words occurring at least `min_freq` times, plus <pad>, <unk> (fewer if the
+        corpus has fewer such words). A Corpus is counted whole; pass train_counts(corpus) for the training split."""
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
             raise UsageError(f"vocabulary size must be an integer >= 2 (it includes {PAD} and {UNK}), got {size!r}")
+        if isinstance(min_freq, bool) or not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
+            raise UsageError(f"{{min_freq}} must be an integer >= 1, got {min_freq!r}", params=("min_freq",))
         if isinstance(corpus_or_counts, Corpus):
             words, counts = corpus_or_counts.lexicon, np.asarray(corpus_or_counts.counts, dtype=np.int64)
         elif isinstance(corpus_or_counts, Mapping):
@@ -48,7 +57,7 @@ class Vocab:
         else:
             raise TypeError(f"Vocab.build needs a Corpus or a word -> count mapping, got {type(corpus_or_counts).__name__}")
         k = int(size) - 2
-        cand = np.flatnonzero(counts > 0)
+        cand = np.flatnonzero(counts >= min_freq)
         cand = np.array([i for i in cand.tolist() if words[i] not in (PAD, UNK)], dtype=np.int64)
         if len(cand) > k:
             # Everything at least as frequent as the k-th word; the exact order (with ties) is sorted below.
@@ -57,8 +66,9 @@ class Vocab:
         cnt = counts.tolist()
         chosen = sorted(cand.tolist(), key=lambda i: (-cnt[i], words[i]))[:k]
         if len(chosen) < k:
-            log.warning("vocabulary: asked for %d entries, the corpus has only %d distinct words: using %d "
-                        "(with %s, %s)", size, len(chosen), len(chosen) + 2, PAD, UNK)
+            log.warning("vocabulary: asked for %d entries, the corpus has only %d distinct words%s: using %d "
+                        "(with %s, %s)", size, len(chosen),
+                        f" occurring at least {min_freq} times" if min_freq > 1 else "", len(chosen) + 2, PAD, UNK)
         return cls([PAD, UNK] + [words[i] for i in chosen])
 
     def __len__(self) -> int:
@@ -96,15 +106,14 @@ class Vocab:
         return np.fromiter((get(w, unk) for w in corpus.lexicon), dtype=np.int64, count=len(corpus.lexicon))
 
 
-def split_corpus(corpus: Corpus, vocab: Vocab, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, torch.Tensor]:
-    """Vocabulary ids (int64, 1-D) of three contiguous blocks of lines: the first fractions[0] of the
-    lines are "train", the next fractions[1] "valid", the rest "test". A corpus with too few lines for
-    that (one long line, say) is split at token positions instead, still contiguous, with a warning."""
+def split_bounds(corpus: Corpus, fractions: Sequence[float] = SPLIT_FRACTIONS) -> list[int]:
+    """Token offsets [0, end of train, end of valid, n_tokens] of three contiguous blocks of lines: the first
+    fractions[0] of the lines are "train", the next fractions[1] "valid", the rest "test". A corpus with too few
+    lines for that (one long line, say) is split at token positions instead, still contiguous, with a warning."""
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6 or fr[0] <= 0:
         raise UsageError(f"split fractions must be three non-negative numbers summing to 1 with train > 0, got {tuple(fractions)}")
-    ids = vocab.lookup_table(corpus)[corpus.ids]          # int64 (n_tokens,)
-    n_lines, n = corpus.n_lines, len(ids)
+    n_lines, n = corpus.n_lines, corpus.n_tokens
     b1 = round(n_lines * fr[0])
     b2 = min(n_lines, max(b1, round(n_lines * (fr[0] + fr[1]))))
     cuts = [0, int(corpus.line_offsets[b1]), int(corpus.line_offsets[b2]), n]
@@ -114,5 +123,29 @@ def split_corpus(corpus: Corpus, vocab: Vocab, fractions: Sequence[float] = SPLI
         cuts = [0, t1, t2, n]
         log.warning("corpus %s has too few lines (%d) to split by lines: split by tokens instead (%d/%d/%d)",
                     corpus.path, n_lines, t1, t2 - t1, n - t2)
+    return cuts
+
+
+def split_corpus(corpus: Corpus, vocab: Vocab, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, torch.Tensor]:
+    """Vocabulary ids (int64, 1-D) of the "train", "valid" and "test" blocks of split_bounds; words not in
+    `vocab` are <unk>."""
+    cuts = split_bounds(corpus, fractions)
+    ids = vocab.lookup_table(corpus)[corpus.ids]          # int64 (n_tokens,)
     return {name: torch.from_numpy(ids[cuts[i]:cuts[i + 1]]) for i, name in enumerate(SPLITS)}
 
+
+def train_counts(corpus: Corpus, fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, int]:
+    """word -> occurrences in the training split of split_bounds (words absent from it are left out)."""
+    counts = np.bincount(corpus.ids[:split_bounds(corpus, fractions)[1]], minlength=len(corpus.lexicon))
+    return {corpus.lexicon[i]: int(counts[i]) for i in np.flatnonzero(counts).tolist()}
+
+
+def train_vocab(corpus: Corpus, size: int, min_freq: int = 1,
+                fractions: Sequence[float] = SPLIT_FRACTIONS) -> Vocab:
+    """The vocabulary counted on the training split only (see the module docstring)."""
+    return Vocab.build(train_counts(corpus, fractions), size, min_freq)
+
+
+def oov_rate(tokens: torch.Tensor) -> float:
+    """The fraction of `tokens` (vocabulary ids) that are <unk>: words outside the vocabulary."""
+    return float((torch.as_tensor(tokens) == Vocab.unk_id).sum()) / max(1, torch.as_tensor(tokens).numel())

@@ -1,7 +1,9 @@
 """Inference: text generation and what makes its steps fast and its draws exact.
 
-    generation.py     generate_ids: prime on the prompt, then step and draw word by word (torch only)
-    text.py           generate: the same from a text prompt to texts (the tokenizer and the vocabulary)
+    generation.py     stream_ids / generate_ids: prime on the prompt, then step and draw word by word (torch only),
+                      never drawing the banned ids (<pad>, <unk>)
+    text.py           stream / generate: the same from a text prompt to words and texts
+    distribution.py   the top next words and their probabilities at several temperatures (table, bar chart)
     sampling.py       Sampling (checked settings), the top-k / top-p filter, the inverse-CDF draw
     precision.py      choose_output_precision: which copy of the output layer a step reads (fp32, fp16, int8)
     stepper.py        TorchStepper: the model stepped one word at a time with weights laid out once; prime

@@ -71,11 +71,14 @@ class Int8Envelope:
         coefficients = torch.tensor([[float(x.abs().sum()), step, max(high, -low), 1.0]], dtype=torch.float32)
         return torch.addmm(zq, coefficients, self.bound_rows)
 
-    def draw(self, x: torch.Tensor, inv_temperature: float, generator: torch.Generator, out: torch.Tensor) -> None:
-        """out (N, 1) <- one exact draw per row of softmax((x W^T + b) * inv_temperature), x (N, H)."""
+    def draw(self, x: torch.Tensor, inv_temperature: float, generator: torch.Generator, out: torch.Tensor,
+             banned: torch.Tensor | None = None) -> None:
+        """out (N, 1) <- one exact draw per row of softmax((x W^T + b) * inv_temperature), x (N, H), over the words
+        not in `banned` (K,): their envelope and logits are -inf, so a proposal is never banned and the accepted
+        word is distributed exactly as the softmax renormalised over the rest."""
         for n in range(x.shape[0]):
             row = x[n:n + 1]
-            token = self._rejection_draw(row, inv_temperature, generator)
+            token = self._rejection_draw(row, inv_temperature, generator, banned)
             if token is _BOUND_EXCEEDED and not self.bound_exceeded:
                 self.bound_exceeded = True
                 log.warning("generate: an int8 logit bound was exceeded (fbgemm's quantization is not what "
@@ -83,14 +86,19 @@ class Int8Envelope:
             if token is None or token is _BOUND_EXCEEDED:
                 self.fallbacks += 1
                 logits = torch.addmm(self.bias, row, self.weight.t())
+                if banned is not None:
+                    logits.index_fill_(1, banned, float("-inf"))
                 draw(logits, inv_temperature, inv_temperature > 1 / SHIFT_BELOW,
                       torch.rand((1, 1), generator=generator), out[n:n + 1])
             else:
                 out[n, 0] = token
 
-    def _rejection_draw(self, row: torch.Tensor, inv_temperature: float, generator: torch.Generator):
+    def _rejection_draw(self, row: torch.Tensor, inv_temperature: float, generator: torch.Generator,
+                        banned: torch.Tensor | None = None):
         """The accepted word for row (1, H); None after MAX_ROUNDS without an acceptance; _BOUND_EXCEEDED."""
         up = self.upper_logits(row)[0]                                        # (V,)
+        if banned is not None:
+            up.index_fill_(0, banned, float("-inf"))
         shifted = up - up.max() if inv_temperature > 1 / SHIFT_BELOW else up  # as draw() does: no overflow at tiny T
         cdf = torch.softmax(shifted * inv_temperature, dim=-1).cumsum_(dim=-1)
         for _ in range(self.MAX_ROUNDS):

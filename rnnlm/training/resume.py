@@ -17,8 +17,13 @@ from rnnlm.training.config import TrainConfig
 from rnnlm.training.run_dir import LAST
 
 # The corpus itself is compared by content hash, not by path.
-FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "batching", "seq_len", "batch_size", "embed_size",
+FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "min_freq", "init", "weight_decay", "batching", "seq_len", "batch_size", "embed_size",
                    "hidden_size", "num_layers", "nonlinearity", "dropout", "tie_weights", "seed")
+
+# What a checkpoint written before these options existed was trained with (rnnlm before issue 13): constant-rate
+# Adam from torch's initial weights. A resumed old run continues that way unless the options are given.
+LEGACY = {"lr_schedule": "constant", "warmup": 0, "weight_decay": 0.0, "init": "torch", "min_freq": 1,
+          "lr_floor": 0.0, "schedule_steps": None, "patience": None}
 
 
 def resume_file(resume: str) -> Path:
@@ -41,7 +46,7 @@ def resume_config(cfg: TrainConfig, explicit: set[str], payload: dict[str, Any])
     if not isinstance(saved, dict):
         raise UsageError(f"{cfg.resume} holds no training config: it was not written by rnnlm.train")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    base = TrainConfig(**{**LEGACY, **{k: v for k, v in saved.items() if k in names}})
     differ = [name for name in FIXED_ON_RESUME if name in explicit and getattr(cfg, name) != getattr(base, name)]
     if differ:
         diffs = [f"{{{name}}} {getattr(base, name)!r} in the checkpoint, {getattr(cfg, name)!r} given"

@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from rnnlm.data import Corpus, TokenizerSettings, Vocab, load_corpus, make_batches, split_corpus
+from rnnlm.data import Corpus, TokenizerSettings, Vocab, load_corpus, make_batches, split_corpus, train_vocab
 from rnnlm.errors import UsageError
 from rnnlm.model import ModelConfig, WordRNN
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.distributed import Distributed
+from rnnlm.training.init import init_weights
 from rnnlm.training.resume import corpus_path
 from rnnlm.training.rng import restore_rng_state, seed_everything
 from rnnlm.training.step import make_optimizer
@@ -45,6 +46,8 @@ class Progress:
     hidden: torch.Tensor | None = None  # carried between batches (stream batching), (L, B, H)
     best: float = math.inf  # lowest validation perplexity so far
     elapsed_before: float = 0.0  # seconds of training before this invocation (resumes add up)
+    lr_scale: float = 1.0  # the plateau schedule's factor (rnnlm.training.schedule)
+    bad_evals: int = 0  # validations in a row without a new best (--patience)
 
 
 def load_data(cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed()) -> RunData:
@@ -53,7 +56,12 @@ def load_data(cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed =
     settings = TokenizerSettings(hmm=cfg.hmm, encoding_errors=cfg.encoding_errors)
     path = corpus_path(cfg, payload)
     corpus = d.first_then_rest(lambda: load_corpus(path, settings, progress=cfg.progress and d.writer))
-    vocab = Vocab.build(corpus, cfg.vocab_size)
+    vocab = train_vocab(corpus, cfg.vocab_size, cfg.min_freq)
+    if payload is not None and payload.get("vocab") != vocab.to_list():
+        # A run from before issue 13 counted its vocabulary on the whole corpus: resumed, it keeps that one.
+        legacy = Vocab.build(corpus, cfg.vocab_size)
+        if payload.get("vocab") == legacy.to_list():
+            vocab = legacy
     splits = split_corpus(corpus, vocab)
     for name in ("valid", "test"):
         if splits[name].numel() < 2:
@@ -69,8 +77,11 @@ def build_model(cfg: TrainConfig, model_config: ModelConfig, backend: str, devic
     """The model and its optimizer: seeded fresh, or with the checkpoint's weights and optimizer state."""
     if payload is None:
         seed_everything(cfg.seed)
-    model = WordRNN(model_config, backend=backend).to(device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    model = WordRNN(model_config, backend=backend)
+    if payload is None:
+        init_weights(model, cfg.init)
+    model = model.to(device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     if payload is not None:
         model.load_state_dict(payload["model_state"])
         optimizer.load_state_dict(payload["optimizer_state"])
@@ -93,6 +104,7 @@ def restore_progress(payload: dict[str, Any] | None, data: RunData, device: torc
     progress = Progress(step=int(payload["step"]), epoch=int(payload["epoch"]),
                         hidden=None if hidden is None else hidden.to(device),
                         best=payload.get("best_valid_ppl") or math.inf,
-                        elapsed_before=float(payload.get("elapsed", 0.0)))
+                        elapsed_before=float(payload.get("elapsed", 0.0)),
+                        lr_scale=float(payload.get("lr_scale", 1.0)), bad_evals=int(payload.get("bad_evals", 0)))
     restore_rng_state(payload["rank_rng_states"][d.rank] if d.active else payload["rng_state"])
     return progress

@@ -2,7 +2,7 @@
 
 zero the gradients (set to None) -> the model's training loss (rnnlm.backends: the fused output layer + loss on
 the torch backend) under autocast for --precision bf16 -> backward -> clip the global gradient norm (foreach)
--> the NaN guard -> fused Adam. Nothing is read back to the host: the NaN guard (rnnlm.training.nan_guard) and the
+-> the NaN guard -> fused AdamW. Nothing is read back to the host: the NaN guard (rnnlm.training.nan_guard) and the
 kernels' checks (bad targets: the backend's DeviceChecks) count on the device, fused Adam skips a step the guard
 halted through its found_inf flag, and the caller reads them with check() when it logs. (An optimizer without
 found_inf, not fused, costs one host read per step: the guard's flag, to skip its step() on the host.)
@@ -38,12 +38,18 @@ def keep_freed_memory() -> None:
         pass
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused where this torch and device have it, else foreach."""
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW, fused where this torch and device have it, else foreach. The decoupled weight decay applies to
+    matrices only (dim >= 2: embedding, W_ih, W_hh, output weights), never to biases; torch multiplies it by the
+    current lr, so the decay follows the schedule. weight_decay 0: one group, the same steps as Adam."""
+    groups: list = list(params)
+    if weight_decay > 0:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, foreach=True)
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -6,8 +6,10 @@ Trainer.build() makes everything a run needs (rnnlm.training.setup), fresh or fr
 Trainer.loop() runs one TrainStep per batch (Trainer.train_step); every --log-every steps it writes a
 metrics.jsonl line, and every --eval-every steps (and at the end) it also measures the exact validation
 perplexity and saves last.pt and, when that improved, best.pt (Trainer.evaluate_and_save). It stops at the
-first of: --epochs done, --max-steps reached, the --time-budget used, or Ctrl-C / SIGTERM (the step finishes
-and last.pt is saved). Trainer.finish() prints the test perplexity of best.pt and a sample.
+first of: --epochs done, --max-steps reached, the --time-budget used, --patience validations without a new best,
+or Ctrl-C / SIGTERM (the step finishes and last.pt is saved). Before each step the learning rate is set from the
+schedule (rnnlm.training.schedule), over the run's planned steps or the time budget's estimate.
+Trainer.finish() prints the test perplexity of best.pt and a sample.
 
 Under torchrun every process runs this same loop on its share of each batch; what involves the other processes
 (the process group, DDP, who writes and prints, stopping together, evaluation sums) goes through `self.dist`
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
+from rnnlm.data import oov_rate
 from rnnlm.errors import UsageError
 from rnnlm.inference.text import generate
 from rnnlm.model import resolve_device
@@ -38,6 +41,7 @@ from rnnlm.training.nan_guard import NonFiniteError
 from rnnlm.training.resume import check_same_run, resume_config, resume_file
 from rnnlm.training.rng import capture_rng_state
 from rnnlm.training.run_dir import LAST, RunFolder
+from rnnlm.training.schedule import MIN_TIMED_STEPS, PLATEAU_FACTOR, estimate_total
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
 from rnnlm.training.signals import StopSignal
 from rnnlm.training.step import TrainStep, compute_dtype
@@ -87,6 +91,8 @@ class Trainer:
         self.window = TrainingWindow(device)
         self.last_eval_step = progress.step if resumed else -1
         self.t_start = time.perf_counter()
+        self.schedule, self.start_step = cfg.schedule(), progress.step
+        self.planned = self.horizon = cfg.epochs * len(data.batches)  # set by loop()
 
     @classmethod
     def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed()) -> Trainer:
@@ -129,6 +135,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         total = cfg.epochs * len(self.data.batches)
         total = total if cfg.max_steps is None else min(total, cfg.max_steps)
+        self.planned = self.horizon = cfg.schedule_steps or total
         # disable=None: no bar when stderr is not a terminal (the validation lines on stdout still say how it goes)
         self.bar = tqdm(total=total, initial=min(p.step, total), unit="step",
                         disable=None if cfg.progress and self.dist.writer else True, dynamic_ncols=True, desc="train")
@@ -176,12 +183,34 @@ class Trainer:
                     return f"reached --max-steps {cfg.max_steps}"
                 if past_deadline:                             # rank 0's clock decides
                     return f"used the --time-budget of {cfg.time_budget:g} minutes"
+                if deadline is not None and cfg.schedule_steps is None:
+                    self._follow_budget(deadline)
                 if p.step % cfg.eval_every == 0 or p.step % cfg.log_every == 0:
                     self.log(evaluate=p.step % cfg.eval_every == 0)
+                    if cfg.patience is not None and p.bad_evals >= cfg.patience:
+                        return f"validation perplexity did not improve in {p.bad_evals} evaluations (--patience)"
         return f"finished {cfg.epochs} epochs"
+
+    def _follow_budget(self, deadline: float) -> None:
+        """Re-estimates the step the time budget ends at (the schedule's horizon) from the time per step: this
+        invocation's once MIN_TIMED_STEPS are done, before that the resumed run's earlier average."""
+        p, now = self.progress, time.perf_counter()
+        done = p.step - self.start_step
+        if done >= MIN_TIMED_STEPS:
+            per_step = (now - self.t_start) / done
+        else:
+            per_step = p.elapsed_before / self.start_step if self.start_step else None
+        self.horizon = self.dist.from_writer(estimate_total(p.step, deadline - now, per_step, self.planned))
+
+    def learning_rate(self, step: int) -> float:
+        """The schedule's rate for optimizer step `step` (1-based)."""
+        return self.schedule.lr(step, self.horizon, self.progress.lr_scale)
 
     def train_step(self, x, y) -> None:
         p, batches = self.progress, self.data.batches
+        lr = self.learning_rate(p.step + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         loss, new_hidden = self.step_fn(x, y, p.hidden, p.step + 1)
         p.step += 1
@@ -206,7 +235,8 @@ class Trainer:
         train_note = ""
         if self.window.steps:
             mean, rate = self.window.summary(self.dist)
-            record.update(loss=mean, train_ppl=perplexity(mean), tokens_per_s=round(rate, 1))
+            record.update(loss=mean, train_ppl=perplexity(mean), tokens_per_s=round(rate, 1),
+                          lr=self.optimizer.param_groups[0]["lr"])
             self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.1f}", tok_s=f"{rate:,.0f}",
                                  refresh=False)
             train_note = f"train loss {mean:.3f} (ppl {perplexity(mean):.1f}), {rate:,.0f} tokens/s; "
@@ -215,7 +245,9 @@ class Trainer:
             record["valid_ppl"] = ppl
             note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
             where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
-            self.dist.say(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", write=self.bar.write, file=sys.stdout)
+            oov = oov_rate(self.data.splits["valid"])
+            self.dist.say(f"{where}: {train_note}valid ppl {ppl:.2f} (OOV {oov:.1%}){note}", write=self.bar.write,
+                          file=sys.stdout)
         self.metrics.write(record)
         self.window.reset()
 
@@ -225,6 +257,9 @@ class Trainer:
         ppl = self.dist.evaluate(self.model, self.data.splits["valid"]).perplexity
         self.last_eval_step = p.step
         improved = ppl < p.best
+        p.bad_evals = 0 if improved else p.bad_evals + 1
+        if not improved and self.cfg.lr_schedule == "plateau":
+            p.lr_scale /= PLATEAU_FACTOR
         if improved:
             p.best = ppl
             self.save(self.folder.best)
@@ -255,6 +290,7 @@ class Trainer:
             "hidden": hidden, "rng_state": parts[0]["rng_state"],
             "best_valid_ppl": None if math.isinf(p.best) else p.best,
             "elapsed": self.elapsed(),
+            "lr_scale": p.lr_scale, "bad_evals": p.bad_evals, "schedule_total": self.horizon,
         })
 
     # -- finish --------------------------------------------------------------------------------------------------
@@ -271,7 +307,8 @@ class Trainer:
             which = f"step {self.progress.step}"
         test = self.dist.evaluate(self.model, self.data.splits["test"])
         result.test_perplexity = test.perplexity
-        self.dist.say(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets)")
+        self.dist.say(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets; "
+                      f"OOV {oov_rate(self.data.splits['test']):.1%})")
         if self.cfg.sample_length > 0 and self.dist.writer:
             result.sample = generate(self.model, self.data.vocab, self.data.settings, self.cfg.sample_prompt,
                                      self.cfg.sample_length, temperature=0.8, seed=self.cfg.seed)[0]
