@@ -17,6 +17,7 @@ from rnnlm.data import UNK, TokenizerSettings, Vocab, load_corpus, oov_rate, spl
 from rnnlm.evaluate import main as evaluate_main
 from rnnlm.evaluation import EvalResult
 from rnnlm.model import ModelConfig, WordRNN
+from rnnlm.training import distributed as distributed_module
 from rnnlm.training import trainer as trainer_module
 from rnnlm.training.init import init_weights
 from rnnlm.training.resume import LEGACY
@@ -82,7 +83,7 @@ def _fake_validation(monkeypatch, values):
         ppl = next(it, 1e9)
         return EvalResult(perplexity=ppl, nll_sum=math.log(ppl) * (len(tokens) - 1), n_targets=len(tokens) - 1)
 
-    monkeypatch.setattr(trainer_module, "evaluate_tokens", fake)
+    monkeypatch.setattr(distributed_module, "evaluate_tokens", fake)  # the trainer evaluates through it
 
 
 def test_plateau_divides_by_four_and_patience_stops(tiny_corpus, tmp_path, monkeypatch, capsys):
