@@ -41,3 +41,19 @@ def one_of(name: str, value: T, choices: Sequence[T]) -> T:
     if value not in choices:
         raise _fail(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
+
+
+def seed(name: str, value: Any) -> int:
+    """value as an int; UsageError unless it is an integer torch can seed with (64 bits)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise _fail(name, f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (64 bits), got {value!r}")
+    return int(value)
+
+
+def non_empty_path(name: str, value: Any) -> None:
+    """UsageError when a path is given as the empty string (which would mean the current folder)."""
+    if isinstance(value, str) and not value.strip():
+        raise _fail(name, "is empty: give a path")

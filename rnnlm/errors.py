@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn, Sequence
 
+INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
+
 
 class UsageError(Exception):
     """A problem with what the user gave (a file, a value, a checkpoint): reported as one line, exit 2.
@@ -45,4 +47,25 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], prog: str, argv:
     except UsageError as err:
         print(f"{prog}: error: {err.cli_message()}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        detail = " ".join(str(err).split())[:200]
+        print(f"{prog}: error: out of memory ({detail or type(err).__name__}): use smaller sizes", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed: MemoryError, torch.OutOfMemoryError (CUDA), or the CPU
+    allocator's RuntimeError."""
+    if isinstance(err, MemoryError):
+        return True
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rnnlm.checkpoint import load_checkpoint, tokenizer_settings
-from rnnlm.checks import positive_int
+from rnnlm.checks import positive_int, seed
 from rnnlm.cli import CheckpointOptions, log_to_stderr, open_checkpoint, parse
 from rnnlm.config import option
 from rnnlm.data import tokenize_text
@@ -45,6 +45,8 @@ class GenerateConfig(CheckpointOptions):
         positive_int("length", self.length)
         positive_int("num_samples", self.num_samples)
         check_sampling(self.temperature, self.greedy, self.top_k, self.top_p)
+        if self.seed is not None:
+            seed("seed", self.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

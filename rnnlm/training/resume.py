@@ -23,6 +23,8 @@ FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "batching", "seq_len"
 
 def resume_file(resume: str) -> Path:
     """The checkpoint to resume: `resume` itself when it is a file, else its last.pt."""
+    if not str(resume).strip():
+        raise UsageError("{resume} is empty: give the folder of the run to continue", params=("resume",))
     p = Path(resume)
     if p.is_file():
         return p
@@ -48,7 +50,7 @@ def resume_config(cfg: TrainConfig, explicit: set[str], payload: dict[str, Any])
                  for name in differ]
         raise UsageError(f"cannot resume {cfg.resume}: " + "; ".join(diffs), params=differ)
     merged = dataclasses.replace(base, **{k: getattr(cfg, k) for k in explicit if k in names})
-    merged.resume = cfg.resume
+    merged.resume, merged.overwrite = cfg.resume, cfg.overwrite  # what this invocation asks, never the saved run's
     if "out" not in explicit:
         path = Path(cfg.resume)
         merged.out = str(path.parent if path.is_file() else path)

@@ -25,6 +25,7 @@ from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import evaluate_tokens
 from rnnlm.inference.text import generate
+from rnnlm.memory import check_fits, training_bytes
 from rnnlm.model import resolve_device
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
@@ -32,7 +33,7 @@ from rnnlm.training.metrics import TrainingWindow, perplexity
 from rnnlm.training.nan_guard import NonFiniteError
 from rnnlm.training.resume import check_same_run, resume_config, resume_file
 from rnnlm.training.rng import capture_rng_state
-from rnnlm.training.run_dir import LAST, RunFolder
+from rnnlm.training.run_dir import LAST, METRICS, RunFolder
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
 from rnnlm.training.signals import StopSignal
 from rnnlm.training.step import TrainStep, compute_dtype
@@ -56,17 +57,36 @@ class TrainResult:
 def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     """Trains as cfg says. On resume (cfg.resume), the options in `explicit` override the checkpoint's
     (default: those that differ from TrainConfig's defaults)."""
-    payload = None
+    payload, source = None, None
     if cfg.resume is not None:
-        payload = load_checkpoint(resume_file(cfg.resume))
+        source = resume_file(cfg.resume)
         if explicit is None:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
-        cfg = resume_config(cfg, explicit, payload)
-    cfg.validate()
-    with deterministic_mode(cfg.deterministic):
-        trainer = Trainer.build(cfg, payload)
-        result = trainer.loop()
-        return trainer.finish(result) if result.status == "finished" else result
+        folder = RunFolder(cfg.out if "out" in explicit else source.parent)
+    else:
+        cfg.validate()
+        folder = RunFolder(cfg.out)
+    folder.lock()  # before the checkpoint is read: a run resumed in place reads what no other process writes
+    try:
+        if source is not None:
+            payload = load_checkpoint(source)
+            cfg = resume_config(cfg, explicit, payload)
+        cfg.validate()
+        if source is None or not _same_folder(source.parent, folder.path):
+            folder.claim(cfg.overwrite)
+        with deterministic_mode(cfg.deterministic):
+            trainer = Trainer.build(cfg, payload, folder, history=None if source is None else source.parent)
+            result = trainer.loop()
+            return trainer.finish(result) if result.status == "finished" else result
+    finally:
+        folder.unlock()
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 class Trainer:
@@ -80,19 +100,30 @@ class Trainer:
         self.t_start = time.perf_counter()
 
     @classmethod
-    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None) -> Trainer:
-        folder = RunFolder(cfg.out)
-        folder.prepare()
+    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None, folder: RunFolder | None = None,
+              history: Path | None = None) -> Trainer:
+        """Everything a run needs; `folder` is locked and claimed by the caller (fit), `history` is the folder of
+        the checkpoint resumed, whose metrics.jsonl up to its step starts this run's."""
+        if folder is None:
+            folder = RunFolder(cfg.out)
+            folder.prepare()
         device = resolve_device(cfg.device)
         backend = resolve_backend(cfg.backend, device)
         compute_dtype(cfg.precision, device)  # refuses bf16 on a GPU without it, before any work
         data = load_data(cfg, payload)
         model_config = cfg.model_config(len(data.vocab))
+        check_fits(training_bytes(model_config, cfg.batch_size, cfg.seq_len), "training this model", device,
+                   params=("hidden_size", "embed_size", "vocab_size", "batch_size", "seq_len"))
         if payload is not None:
             check_same_run(payload, data.corpus, data.settings, data.vocab, model_config)
         model, optimizer = build_model(cfg, model_config, backend, device, payload)
-        trainer = cls(cfg, folder, data, model, optimizer, restore_progress(payload, data, device), device,
-                      resumed=payload is not None)
+        progress = restore_progress(payload, data, device)
+        if payload is not None:
+            # best.pt is written before last.pt: a kill between them leaves a better best.pt than last.pt records
+            record = folder.best_record()
+            progress.best = min(progress.best, record) if record is not None else progress.best
+        folder.start_metrics(None if history is None else history / METRICS, progress.step if payload is not None else None)
+        trainer = cls(cfg, folder, data, model, optimizer, progress, device, resumed=payload is not None)
         trainer.announce()
         return trainer
 
@@ -151,6 +182,10 @@ class Trainer:
         """Runs steps until one of the stop conditions; returns it."""
         cfg, p = self.cfg, self.progress
         deadline = None if cfg.time_budget is None else self.t_start + cfg.time_budget * 60
+        if cfg.max_steps is not None and p.step >= cfg.max_steps:
+            return f"nothing to train: the run is already at step {p.step}, at or past --max-steps {cfg.max_steps}"
+        if p.epoch >= cfg.epochs:
+            return f"nothing to train: the run has already finished {p.epoch} epochs (--epochs {cfg.epochs})"
         while p.epoch < cfg.epochs and (cfg.max_steps is None or p.step < cfg.max_steps):
             for x, y in self.data.batches:
                 self.train_step(x, y)
