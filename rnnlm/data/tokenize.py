@@ -15,12 +15,15 @@ jieba would give for the whole line. Likewise tokenizing line by line equals tok
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
 import re
 import signal
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -39,6 +42,7 @@ _READ_BLOCK = 1 << 20             # bytes read per file read
 _CHUNK_CHARS = 1 << 16            # characters per worker task; also the longest segment of a long line
 _PARALLEL_MIN_BYTES = 1 << 20     # below this a worker pool costs more than it saves
 _PROGRESS_MIN_BYTES = 4 << 20
+WORKERS_ENV = "RNNLM_TOKENIZE_WORKERS"  # processes for jieba (default: every core for files over 1 MiB)
 
 # jieba 0.42's block class (jieba.re_han_default): text is cut between runs of these and everything else.
 _NON_BLOCK = re.compile(r"[^\u4E00-\u9FD5a-zA-Z0-9+#&._%\-]")
@@ -129,6 +133,7 @@ class _ReadStats:
     def __init__(self) -> None:
         self.replaced = 0
         self.bytes_read = 0
+        self.sha256 = hashlib.sha256()  # of the bytes read: what was tokenized, even if the file changes meanwhile
 
 
 def _utf8_boundary(buf: bytes) -> int:
@@ -226,6 +231,7 @@ def _read_segments(path: Path, errors: str, stats: _ReadStats, progress=None) ->
             if progress is not None and block:
                 progress.update(len(block))
             stats.bytes_read += len(block)
+            stats.sha256.update(block)
             eof = not block
             buf = carry_bytes + block
             cut = len(buf) if eof else _utf8_boundary(buf)
@@ -271,6 +277,11 @@ def _chunks(segments: Iterator[tuple[str, bool]]) -> Iterator[tuple[list[str], n
 def _resolve_workers(workers: int | None, size: int) -> int:
     if workers is not None:
         return positive_int("workers", workers)
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise UsageError(f"{WORKERS_ENV} must be a positive integer, got {env!r}")
+        return int(env)
     if size < _PARALLEL_MIN_BYTES:
         return 1
     try:
@@ -279,10 +290,56 @@ def _resolve_workers(workers: int | None, size: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, progress: bool):
-    """-> (lexicon list[str], ids int32, line_offsets int64, replaced count).
+def _tokenize_in_pool(ctx, n_workers: int, chunks, hmm: bool, consume) -> None:
+    """Tokenizes `chunks` on n_workers forked processes, consuming the results in order. A worker that dies (the
+    out-of-memory killer's SIGKILL) fails every pending task at once (ProcessPoolExecutor notices the dead
+    process, where multiprocessing.Pool would wait forever): UsageError naming it."""
+    pool = ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init)
+    workers: dict[int, Any] = {}               # pid -> Process, seen as the pool starts them
+    done = False
+    try:
+        pending: deque = deque()               # bounded: the reader stays a few chunks ahead, no more
+        for texts, ends in chunks:
+            pending.append((pool.submit(_tokenize_segments, texts, hmm), ends))
+            workers.update(getattr(pool, "_processes", None) or {})
+            if len(pending) >= 2 * n_workers:
+                future, e = pending.popleft()
+                consume(future.result(), e)
+        while pending:
+            future, e = pending.popleft()
+            consume(future.result(), e)
+        done = True
+    except BrokenProcessPool:
+        pool.shutdown(wait=True)               # the pool has terminated the other workers: exit codes are final
+        raise UsageError(_dead_worker(workers, n_workers)) from None
+    finally:
+        if not done:                           # an error or Ctrl-C: stop the workers now, not after their tasks
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers.values():
+                if proc.exitcode is None:
+                    proc.terminate()
+        pool.shutdown(wait=True)
 
-    workers: processes for jieba (None: every core for files over 1 MiB, else 1)."""
+
+def _dead_worker(workers: dict[int, Any], n_workers: int) -> str:
+    """One line naming the worker that died first (the others were stopped with SIGTERM after it)."""
+    who, how = "a tokenizing worker", "died"
+    for k, (pid, proc) in enumerate(sorted(workers.items()), 1):
+        code = proc.exitcode
+        if code is not None and code != -signal.SIGTERM:
+            who = f"tokenizing worker {k} of {n_workers} (pid {pid})"
+            how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+            if code < 0 and -code in signal.valid_signals():
+                how = f"was killed by {signal.Signals(-code).name}"
+            break
+    return (f"{who} {how}; the out-of-memory killer does this when the machine runs out of memory: tokenize with "
+            f"fewer processes ({WORKERS_ENV}=1 uses one; now {n_workers}) or free memory")
+
+
+def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, progress: bool):
+    """-> (lexicon list[str], ids int32, line_offsets int64, replaced count, SHA-256 of the bytes tokenized).
+
+    workers: processes for jieba (None: $RNNLM_TOKENIZE_WORKERS, else every core for files over 1 MiB, else 1)."""
     _load_jieba()                              # load the dictionary once, before forking: workers share it
     size = path.stat().st_size
     n_workers = _resolve_workers(workers, size)
@@ -316,16 +373,7 @@ def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, 
             log.info("no fork on this platform: tokenizing in one process")
     try:
         if ctx is not None:
-            with ctx.Pool(n_workers, initializer=_worker_init) as pool:
-                pending: deque = deque()       # bounded: the reader stays a few chunks ahead, no more
-                for texts, ends in chunks:
-                    pending.append((pool.apply_async(_tokenize_segments, (texts, settings.hmm)), ends))
-                    if len(pending) >= 2 * n_workers:
-                        res, e = pending.popleft()
-                        consume(res.get(), e)
-                while pending:
-                    res, e = pending.popleft()
-                    consume(res.get(), e)
+            _tokenize_in_pool(ctx, n_workers, chunks, settings.hmm, consume)
         else:
             for texts, ends in chunks:
                 consume(_tokenize_segments(texts, settings.hmm), ends)
@@ -335,4 +383,4 @@ def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, 
     ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
     id_parts.clear()
     line_offsets = np.concatenate(offset_parts).astype(np.int64, copy=False)
-    return list(index), ids, line_offsets, stats.replaced
+    return list(index), ids, line_offsets, stats.replaced, stats.sha256.hexdigest()
