@@ -23,14 +23,14 @@ from tqdm import tqdm
 from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import UsageError
-from rnnlm.evaluation import evaluate_tokens
+from rnnlm.evaluation import EvalResult, describe_perplexity, evaluate_tokens
 from rnnlm.inference.text import generate
 from rnnlm.memory import check_fits, training_bytes
 from rnnlm.model import resolve_device
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
 from rnnlm.training.metrics import TrainingWindow, perplexity
-from rnnlm.training.nan_guard import NonFiniteError
+from rnnlm.training.nan_guard import NonFiniteError, check_finite_validation
 from rnnlm.training.resume import check_same_run, resume_config, resume_file
 from rnnlm.training.rng import capture_rng_state
 from rnnlm.training.run_dir import LAST, METRICS, RunFolder
@@ -225,29 +225,34 @@ class Trainer:
         if self.window.steps:
             mean, rate = self.window.summary()
             record.update(loss=mean, train_ppl=perplexity(mean), tokens_per_s=round(rate, 1))
-            self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.1f}", tok_s=f"{rate:,.0f}",
+            self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.4g}", tok_s=f"{rate:,.0f}",
                                  refresh=False)
-            train_note = f"train loss {mean:.3f} (ppl {perplexity(mean):.1f}), {rate:,.0f} tokens/s; "
+            train_note = f"train loss {mean:.3f} (ppl {describe_perplexity(perplexity(mean), mean, 1)}), " \
+                         f"{rate:,.0f} tokens/s; "
         if evaluate:
-            ppl, improved = self.evaluate_and_save()
-            record["valid_ppl"] = ppl
+            valid, improved = self.evaluate_and_save()
+            record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
             note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
             where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
-            self.bar.write(f"{where}: {train_note}valid ppl {ppl:.2f}{note}", file=sys.stdout)
+            self.bar.write(f"{where}: {train_note}valid ppl {describe_perplexity(valid.perplexity, valid.mean_nll)}"
+                           f"{note}", file=sys.stdout)
         self.metrics.write(record)
         self.window.reset()
 
-    def evaluate_and_save(self) -> tuple[float, bool]:
-        """(validation perplexity, whether it is the best so far); saves best.pt if so, and last.pt."""
+    def evaluate_and_save(self) -> tuple[EvalResult, bool]:
+        """(the validation, whether its perplexity is the best so far); saves best.pt if so, then last.pt.
+        NonFiniteError, before anything is saved, when the validation loss is not finite."""
         p = self.progress
-        ppl = evaluate_tokens(self.model, self.data.splits["valid"]).perplexity
+        valid = evaluate_tokens(self.model, self.data.splits["valid"])
+        check_finite_validation(valid.mean_nll, p.step)
+        ppl = valid.perplexity
         self.last_eval_step = p.step
         improved = ppl < p.best
         if improved:
             p.best = ppl
             self.save(self.folder.best)
         self.save(self.folder.last)
-        return ppl, improved
+        return valid, improved
 
     def elapsed(self) -> float:
         """Seconds of training, across resumes."""
@@ -277,7 +282,8 @@ class Trainer:
             which = f"step {self.progress.step}"
         test = evaluate_tokens(self.model, self.data.splits["test"])
         result.test_perplexity = test.perplexity
-        print(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets)")
+        print(f"test perplexity: {describe_perplexity(test.perplexity, test.mean_nll)} ({which}; "
+              f"{test.n_targets:,} targets)")
         if self.cfg.sample_length > 0:
             result.sample = generate(self.model, self.data.vocab, self.data.settings, self.cfg.sample_prompt,
                                      self.cfg.sample_length, temperature=0.8, seed=self.cfg.seed)[0]
