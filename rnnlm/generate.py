@@ -18,6 +18,7 @@ from rnnlm.inference.generation import EMPTY_PROMPT
 from rnnlm.inference.precision import OUTPUT_PRECISIONS
 from rnnlm.inference.sampling import check_sampling
 from rnnlm.inference.text import generate
+from rnnlm.memory import check_fits, generation_bytes
 
 PROG = "rnnlm.generate"
 
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not tokenize_text(cfg.prompt, tokenizer_settings(payload)):
         raise UsageError(EMPTY_PROMPT, params=("prompt",))
     lm = open_checkpoint(cfg, payload)
+    check_fits(generation_bytes(lm.model.config, cfg.num_samples, cfg.length), "generating --num-samples × --length "
+               f"= {cfg.num_samples * cfg.length:,} words", lm.device, params=("num_samples", "length"))
     logging.getLogger("rnnlm").info("backend %s", lm.model.backend.describe(lm.device))
     texts = generate(lm.model, lm.vocab, lm.settings, cfg.prompt, cfg.length, temperature=cfg.temperature,
                      greedy=cfg.greedy, top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples,

@@ -60,4 +60,5 @@ def training_bytes(config, batch_size: int, seq_len: int) -> int:
 
 def generation_bytes(config, num_samples: int, length: int) -> int:
     """A lower bound of the memory generating `num_samples` × `length` words from a WordRNN of `config` holds."""
-    return num_samples * (3 * _FLOAT * config.vocab_size + length * WORD_BYTES)
+    state = 2 * _FLOAT * config.hidden_size * config.num_layers
+    return num_samples * (3 * _FLOAT * config.vocab_size + state + length * WORD_BYTES)

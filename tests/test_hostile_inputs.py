@@ -6,14 +6,18 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from rnnlm import data
+from rnnlm import data, train
 from rnnlm.data import TokenizerSettings, tokenize
-from rnnlm.checkpoint import load_checkpoint
-from rnnlm.errors import UsageError
+from rnnlm.checkpoint import load_checkpoint, save_checkpoint
+from rnnlm.errors import UsageError, run_cli
+from rnnlm.evaluate import main as evaluate_main
+from rnnlm.generate import main as generate_main
 from rnnlm.evaluation import EvalResult
 from rnnlm.training import trainer
 
@@ -137,3 +141,65 @@ def test_non_finite_validation_stops_before_saving(tiny_corpus, tmp_path, monkey
     assert "non-finite value at the validation after step 4: the mean loss is nan" in line
     assert "best.pt and last.pt" in line and "left as they were" in line
     assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_run(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "run"
+    run_train(tiny_corpus, out, "--max-steps", 2, "--eval-every", 2, "--sample-length", 0)
+    return out
+
+
+def _edited(small_run, tmp_path, edit) -> Path:
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    payload = load_checkpoint(small_run / "last.pt")
+    edit(payload)
+    save_checkpoint(folder / "last.pt", payload)
+    return folder
+
+
+def test_nan_weights_refused_at_load_naming_the_tensor(small_run, tmp_path, capsys):
+    def poison(payload):
+        payload["model_state"]["rnn.weight_hh_l1"][0, 0] = math.nan
+
+    folder = _edited(small_run, tmp_path, poison)
+    for main, prog, argv in ((evaluate_main, "rnnlm.evaluate", [str(folder / "last.pt")]),
+                             (generate_main, "rnnlm.generate", [str(folder / "last.pt")]),
+                             (train.main, "rnnlm.train", ["--resume", str(folder), "--max-steps", "3"])):
+        line = _cli_line(main, prog, argv, capsys)
+        assert "non-finite weights: rnn.weight_hh_l1 has 1 NaN or infinite value(s)" in line
+
+
+def _cli_line(main, prog, argv, capsys, code=2) -> str:
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, prog, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == code, err
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_resume_without_optimizer_state_restarts_it_with_a_warning(small_run, tmp_path, caplog):
+    folder = _edited(small_run, tmp_path, lambda p: p.pop("optimizer_state"))
+    with caplog.at_level("WARNING", logger="rnnlm.train"):
+        assert train.main(["--resume", str(folder), "--max-steps", "3", "--no-progress"]) == 0
+    assert "holds no optimizer state: Adam restarts" in caplog.text
+    assert load_checkpoint(folder / "last.pt")["step"] == 3
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda p: p.pop("rng_state"), "it holds no rng_state"),
+    (lambda p: p.update(step="7"), "its step is a str, not an int"),
+    (lambda p: p.update(data_state=[1]), "its data_state is a list, not a dict"),
+    (lambda p: p.update(optimizer_state=3), "its optimizer_state is a int, not an optimizer state dict"),
+    (lambda p: p.update(best_valid_ppl="low"), "its best_valid_ppl is a str, not a number"),
+    (lambda p: p.update(rng_state={"torch": 5}), "rng_state is damaged"),
+    (lambda p: p.update(hidden=torch.zeros(3)), "carried hidden state"),
+])
+def test_resume_from_a_stripped_or_edited_checkpoint_is_one_line(small_run, tmp_path, capsys, edit, expected):
+    folder = _edited(small_run, tmp_path, edit)
+    line = _cli_error(["--resume", str(folder), "--max-steps", "3"], capsys)
+    assert expected in line

@@ -9,12 +9,18 @@ options that only steer the run (--epochs, --max-steps, --time-budget, --eval-ev
 from __future__ import annotations
 
 import dataclasses
+import logging
+import numbers
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from rnnlm.errors import UsageError
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.run_dir import LAST
+
+log = logging.getLogger("rnnlm.train")
 
 # The corpus itself is compared by content hash, not by path.
 FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "batching", "seq_len", "batch_size", "embed_size",
@@ -89,3 +95,35 @@ def check_same_run(payload: dict[str, Any], corpus, settings, vocab, model_confi
         diffs.append("model shape differs (checkpoint vs now: " + ", ".join(parts) + ")")
     if diffs:
         raise UsageError("cannot resume: " + "; ".join(diffs))
+
+
+def check_resumable(payload: dict[str, Any], path) -> None:
+    """UsageError listing every field a resume needs that the checkpoint lacks or holds with the wrong type (a
+    checkpoint stripped for evaluation and generation, or edited); a missing optimizer state only warns: Adam
+    restarts from zero moments, and the run no longer matches an uninterrupted one."""
+    problems = []
+    for name, kind in (("step", int), ("epoch", int), ("data_state", dict), ("rng_state", dict)):
+        value = payload.get(name)
+        if value is None:
+            problems.append(f"it holds no {name}")
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            problems.append(f"its {name} is a {type(value).__name__}, not {'an' if kind is int else 'a'} "
+                            f"{kind.__name__}")
+        elif kind is int and value < 0:
+            problems.append(f"its {name} is negative ({value})")
+    optimizer = payload.get("optimizer_state")
+    if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+                                      and isinstance(optimizer.get("param_groups"), list)):
+        problems.append(f"its optimizer_state is a {type(optimizer).__name__}, not an optimizer state dict")
+    if payload.get("hidden") is not None and not isinstance(payload["hidden"], torch.Tensor):
+        problems.append(f"its hidden is a {type(payload['hidden']).__name__}, not a tensor")
+    for name in ("best_valid_ppl", "elapsed"):
+        value = payload.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            problems.append(f"its {name} is a {type(value).__name__}, not a number")
+    if problems:
+        raise UsageError(f"cannot resume from {path}: " + "; ".join(problems) + " (rnnlm.evaluate and rnnlm.generate "
+                         "can still read it; train a new run to continue from scratch)")
+    if optimizer is None:
+        log.warning("%s holds no optimizer state: Adam restarts from zero moments, so the resumed run will not match "
+                    "an uninterrupted one", path)

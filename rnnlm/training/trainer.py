@@ -31,7 +31,7 @@ from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
 from rnnlm.training.metrics import TrainingWindow, perplexity
 from rnnlm.training.nan_guard import NonFiniteError, check_finite_validation
-from rnnlm.training.resume import check_same_run, resume_config, resume_file
+from rnnlm.training.resume import check_resumable, check_same_run, resume_config, resume_file
 from rnnlm.training.rng import capture_rng_state
 from rnnlm.training.run_dir import LAST, METRICS, RunFolder
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
@@ -70,6 +70,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     try:
         if source is not None:
             payload = load_checkpoint(source)
+            check_resumable(payload, source)
             cfg = resume_config(cfg, explicit, payload)
         cfg.validate()
         if source is None or not _same_folder(source.parent, folder.path):
