@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -203,3 +204,67 @@ def test_resume_from_a_stripped_or_edited_checkpoint_is_one_line(small_run, tmp_
     folder = _edited(small_run, tmp_path, edit)
     line = _cli_error(["--resume", str(folder), "--max-steps", "3"], capsys)
     assert expected in line
+
+
+# -- options refused before any work ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,expected", [
+    (["--seed", str(2**64)], "--seed must be an integer from"),
+    (["--seed", str(-2**63 - 1)], "--seed must be an integer from"),
+    (["--num-layers", "1", "--dropout", "0.9"], "--dropout 0.9 does nothing with --num-layers 1"),
+    (["--hidden-size", "100000"], "training this model needs at least"),
+    (["--sample-prompt", ""], "--sample-prompt is empty"),
+    (["--sample-prompt", " \t"], "--sample-prompt is empty"),
+])
+def test_train_options_refused_in_one_line(tiny_corpus, tmp_path, capsys, args, expected):
+    line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "o"), *TINY, *args], capsys)
+    assert expected in line
+    assert not (tmp_path / "o" / "last.pt").exists() and not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--seed", str(2**64)], "--seed must be an integer from"),
+    (["--length", "2000000000"], "generating --num-samples × --length = 2,000,000,000 words needs at least"),
+    (["--num-samples", "100000000"], "give a smaller --num-samples, --length"),
+])
+def test_generate_sizes_refused_in_one_line(small_run, capsys, args, expected):
+    assert expected in _cli_line(generate_main, "rnnlm.generate", [str(small_run / "last.pt"), *args], capsys)
+
+
+def test_seed_at_the_64_bit_limits_works(small_run, capsys):
+    for seed in (2**64 - 1, -2**63):
+        assert generate_main([str(small_run / "last.pt"), "--seed", str(seed), "--length", "3"]) == 0
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 400000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line(capsys, error):
+    def main(argv):
+        raise error
+
+    line = _cli_line(main, "rnnlm.generate", [], capsys)
+    assert line.startswith("rnnlm.generate: error: out of memory") and "smaller" in line
+
+
+def test_other_runtime_errors_are_not_disguised(capsys):
+    def main(argv):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(main, "rnnlm.generate", [])
+
+
+# -- what happened is said -------------------------------------------------------------------------------------------
+
+def test_resume_past_max_steps_says_nothing_was_trained(small_run, tmp_path, capsys):
+    folder = tmp_path / "r"
+    shutil.copytree(small_run, folder)
+    assert train.main(["--resume", str(folder), "--max-steps", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train: the run is already at step 2, at or past --max-steps 1" in out
+    assert "epochs" not in out.split("training stopped")[1].splitlines()[0]
+    assert load_checkpoint(folder / "last.pt")["step"] == 2

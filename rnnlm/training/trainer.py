@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
+from rnnlm.data import tokenize_text
 from rnnlm.errors import UsageError
 from rnnlm.evaluation import EvalResult, describe_perplexity, evaluate_tokens
 from rnnlm.inference.text import generate
@@ -112,6 +113,9 @@ class Trainer:
         backend = resolve_backend(cfg.backend, device)
         compute_dtype(cfg.precision, device)  # refuses bf16 on a GPU without it, before any work
         data = load_data(cfg, payload)
+        if cfg.sample_length > 0 and not tokenize_text(cfg.sample_prompt, data.settings):  # not after the training
+            raise UsageError("{sample_prompt} is empty (no words after tokenization): give at least one word, or "
+                             "{sample_length} 0 for no sample", params=("sample_prompt", "sample_length"))
         model_config = cfg.model_config(len(data.vocab))
         check_fits(training_bytes(model_config, cfg.batch_size, cfg.seq_len), "training this model", device,
                    params=("hidden_size", "embed_size", "vocab_size", "batch_size", "seq_len"))
