@@ -6,6 +6,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -268,3 +270,37 @@ def test_resume_past_max_steps_says_nothing_was_trained(small_run, tmp_path, cap
     assert "nothing to train: the run is already at step 2, at or past --max-steps 1" in out
     assert "epochs" not in out.split("training stopped")[1].splitlines()[0]
     assert load_checkpoint(folder / "last.pt")["step"] == 2
+
+
+# -- the machine around the run -------------------------------------------------------------------------------------
+
+NO_TEMP = ("import sys, tempfile\n"
+           "def none(*a, **k): raise FileNotFoundError('No usable temporary directory found')\n"
+           "tempfile.gettempdir = tempfile._get_default_tempdir = none\n"
+           "tempfile.tempdir = None\n"
+           "from rnnlm.errors import run_cli\nfrom rnnlm.generate import main\n"
+           "run_cli(main, 'rnnlm.generate', sys.argv[1:])\n")
+
+
+def _generate_in_a_new_process(checkpoint, cache, code=NO_TEMP):
+    env = {**os.environ, "RNNLM_CACHE_DIR": str(cache), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", code, str(checkpoint), "--length", "3", "--seed", "0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_generate_without_a_temporary_folder_and_jieba_cache_in_rnnlm_cache(small_run, tmp_path):
+    """No usable temporary folder: jieba's dictionary cache goes to rnnlm's cache folder, said once."""
+    done = _generate_in_a_new_process(small_run / "last.pt", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout.startswith("我们")
+    assert list((tmp_path / "cache" / "jieba").glob("jieba*.cache"))
+    assert done.stderr.count("jieba's dictionary cache:") == 1          # said when written, not on every load
+
+
+def test_jieba_cache_that_cannot_be_written_is_one_warning(small_run, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    done = _generate_in_a_new_process(small_run / "last.pt", blocker)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Dump cache file failed" not in done.stderr
+    assert done.stderr.count("jieba cannot write its dictionary cache") == 1

@@ -74,9 +74,32 @@ class TokenizerSettings:
 
 
 def _load_jieba() -> None:
-    """Loads jieba's dictionary (once per process), quietly."""
+    """Loads jieba's dictionary (once per process), quietly. jieba caches the parsed dictionary in a file of
+    rnnlm's cache folder (RNNLM_CACHE_DIR/jieba), not in the temporary folder (which another user's cache file may
+    hold, or which may not exist); where it cannot write there it rebuilds the dictionary each run, and says so."""
     jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
+    if jieba.dt.initialized:
+        return
+    from rnnlm.data.corpus import cache_root  # corpus imports this module
+
+    folder = cache_root() / "jieba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # jieba's write fails below, quietly; the warning says what to do
+    jieba.dt.tmp_dir = str(folder)
+    before = set(folder.glob("jieba*.cache")) if folder.is_dir() else set()
+    jieba.setLogLevel(logging.CRITICAL)  # jieba logs a failed cache write as a traceback
+    try:
+        jieba.initialize()
+    finally:
+        jieba.setLogLevel(logging.WARNING)
+    after = set(folder.glob("jieba*.cache")) if folder.is_dir() else set()
+    if not after:
+        log.warning("jieba cannot write its dictionary cache in %s: it rebuilds the dictionary on every run "
+                    "(a second or two); set RNNLM_CACHE_DIR to a writable folder", folder)
+    elif after - before:
+        log.info("jieba's dictionary cache: %s", sorted(after - before)[0])
 
 
 def jieba_identity() -> dict[str, Any]:
