@@ -8,6 +8,8 @@ as `{name}` (in an f-string: `{{name}}`) and lists the name in `params`; other m
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -42,6 +44,8 @@ def flag(name: str) -> str:
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], prog: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Runs a CLI's main; a UsageError becomes one line on stderr (parameters named as flags) and exit code 2."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt, handled below
     try:
         code = main(argv)
     except UsageError as err:
@@ -69,3 +73,16 @@ def is_out_of_memory(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    os.write(2, b"rnnlm: interrupted while starting\n")
+    os._exit(INTERRUPTED_EXIT)  # nothing to clean up: only imports have run
+
+
+def quiet_interrupts_while_starting() -> None:
+    """Until run_cli starts the command, Ctrl-C exits with code 130 and one line, not a traceback from an import."""
+    try:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+    except ValueError:  # not the main thread
+        pass

@@ -304,3 +304,23 @@ def test_jieba_cache_that_cannot_be_written_is_one_warning(small_run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Dump cache file failed" not in done.stderr
     assert done.stderr.count("jieba cannot write its dictionary cache") == 1
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("main,prog", [(evaluate_main, "rnnlm.evaluate"), (generate_main, "rnnlm.generate")])
+def test_ctrl_c_in_a_command_is_one_line_and_130(monkeypatch, capsys, main, prog, small_run):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnlm.cli.LanguageModel.from_checkpoint", interrupted)
+    assert _cli_line(main, prog, [str(small_run / "last.pt")], capsys, code=130) == f"{prog}: interrupted"
+
+
+def test_ctrl_c_while_starting_is_one_line_and_130():
+    """`python -m rnnlm.<command>` interrupted while it imports torch: no traceback."""
+    code = ("import sys; sys.argv[0] = '-m'; import rnnlm, os, signal, time; os.kill(os.getpid(), signal.SIGINT); "
+            "time.sleep(30)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 130 and done.stderr == "rnnlm: interrupted while starting\n"

@@ -42,9 +42,24 @@ def read_text(path: str, expected: str) -> str:
 def read_json(path: str) -> Any:
     text = read_text(path, "pytest-benchmark JSON (--benchmark-json)")
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ValueError as err:
+        raise UsageError(f"{path}: not usable JSON ({err})") from None
+
+
+def parse_json(text: str) -> Any:
+    """json.loads; ValueError (not RecursionError) for nesting too deep to parse, and for integers with more digits
+    than Python converts (json.JSONDecodeError, a ValueError, for syntax)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as err:
+        if isinstance(err, json.JSONDecodeError):
+            raise
+        raise ValueError(" ".join(str(err).split(";")[0].split())) from None
 
 
 @dataclass
@@ -63,7 +78,14 @@ class Row:
 
 
 def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+    """x as a finite float; None for anything else (a string, NaN, infinity, an integer too large for a float)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict]:

@@ -121,6 +121,13 @@ def build_report(cfg: ReportConfig) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--out {out}: cannot create the folder: {err}") from None
+    try:
+        return _write_report(cfg, out)
+    except OSError as err:  # the inputs were read before: an OSError here is writing report.md or a plot
+        raise UsageError(f"--out {out}: cannot write {err.filename or 'the report'}: {err.strerror or err}") from None
+
+
+def _write_report(cfg: ReportConfig, out: Path) -> int:
     data = read_json(cfg.bench) if cfg.bench else None  # bad files fail before anything is written
     if cfg.metrics:
         read_metrics(cfg.metrics)

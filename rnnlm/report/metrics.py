@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from rnnlm.errors import UsageError
-from rnnlm.report.benchmarks import _finite, read_text, warn
+from rnnlm.report.benchmarks import _finite, parse_json, read_text, warn
 from rnnlm.report.plots import plt
 
 def read_metrics(path: str) -> list[dict]:
@@ -15,12 +15,15 @@ def read_metrics(path: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError as err:
             if n == len(lines):
                 warn(f"{path}: last line {n} is truncated (a run stopped mid-write?); skipped")
                 continue
             raise UsageError(f"{path}: line {n} is not valid JSON ({err.msg})") from None
+        except ValueError as err:
+            warn(f"{path}: line {n} skipped: {err}")
+            continue
         if not isinstance(rec, dict):
             raise UsageError(f"{path}: line {n} is not a JSON object")
         records.append(rec)
