@@ -324,3 +324,17 @@ def test_ctrl_c_while_starting_is_one_line_and_130():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 130 and done.stderr == "rnnlm: interrupted while starting\n"
+
+
+def test_a_run_too_long_to_cut_safely_is_cut_with_a_warning(tmp_path, monkeypatch, caplog):
+    """The README's claim: long lines give jieba's tokens, except a run without spaces or punctuation longer than
+    the chunk size, which is cut (maybe mid-word) and reported."""
+    monkeypatch.setattr(tokenize, "_CHUNK_CHARS", 300)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("我们的祖国充满希望" * 100 + "\n" + "，".join(["改革开放是强国之路"] * 100) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="rnnlm.data"):
+        c = _load(corpus, tmp_path)
+    assert "running more than 300 characters without a space or punctuation was cut 2 time(s)" in caplog.text
+    import jieba
+    second = "，".join(["改革开放是强国之路"] * 100)
+    assert c.line_words(1) == [w for w in jieba.cut(second) if w.strip()]    # safe cuts: jieba's own tokens

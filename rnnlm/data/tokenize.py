@@ -11,6 +11,9 @@ Cutting a long line is exact, not approximate: jieba.cut first splits its input 
 `[\\u4E00-\\u9FD5a-zA-Z0-9+#&._%-]+` and everything between them is emitted one character (or one
 whitespace run) at a time, so cutting right after a character outside that class yields the very tokens
 jieba would give for the whole line. Likewise tokenizing line by line equals tokenizing the whole text.
+The one exception: a single block longer than _CHUNK_CHARS (65,536 characters without a space or punctuation)
+is cut at that length, which may split a word; a warning says so. Giving jieba the whole block instead would
+make the memory of its DAG grow with the longest such run, with no bound.
 """
 from __future__ import annotations
 
@@ -157,6 +160,7 @@ class _ReadStats:
         self.replaced = 0
         self.bytes_read = 0
         self.sha256 = hashlib.sha256()  # of the bytes read: what was tokenized, even if the file changes meanwhile
+        self.blind_cuts = 0             # runs of > _CHUNK_CHARS characters without a space or punctuation, cut
 
 
 def _utf8_boundary(buf: bytes) -> int:
@@ -209,9 +213,10 @@ def _decode(raw: bytes, errors: str, path: Path, offset: int, line_no: int, stat
     return text
 
 
-def _safe_cut(s: str, limit: int) -> int:
+def _safe_cut(s: str, limit: int, stats: _ReadStats | None = None) -> int:
     """Index i in (0, limit] where s may be cut without changing jieba's tokens: right after the last
-    character outside jieba's block class; `limit` if there is none (a word may then be cut)."""
+    character outside jieba's block class; `limit` if there is none (a word may then be cut: counted in
+    stats.blind_cuts)."""
     for lo in (max(0, limit - 8192), 0):
         last = None
         for last in _NON_BLOCK.finditer(s, lo, limit):
@@ -220,14 +225,15 @@ def _safe_cut(s: str, limit: int) -> int:
             return last.end()
         if lo == 0:
             break
-    log.debug("a %d-character run without punctuation or spaces was cut mid-word", limit)
+    if stats is not None:
+        stats.blind_cuts += 1
     return limit
 
 
-def _split_long(line: str) -> Iterator[tuple[str, bool]]:
+def _split_long(line: str, stats: _ReadStats | None = None) -> Iterator[tuple[str, bool]]:
     """A complete line as segments of at most _CHUNK_CHARS characters, cut where jieba would cut."""
     while len(line) > _CHUNK_CHARS:
-        i = _safe_cut(line, _CHUNK_CHARS)
+        i = _safe_cut(line, _CHUNK_CHARS, stats)
         yield line[:i], False
         line = line[i:]
     yield line, True
@@ -271,9 +277,9 @@ def _read_segments(path: Path, errors: str, stats: _ReadStats, progress=None) ->
             lines = (carry_text + text).split("\n")
             carry_text = lines.pop()
             for line in lines:
-                yield from _split_long(line)
+                yield from _split_long(line, stats)
             while len(carry_text) > _CHUNK_CHARS:
-                i = _safe_cut(carry_text, _CHUNK_CHARS)
+                i = _safe_cut(carry_text, _CHUNK_CHARS, stats)
                 yield carry_text[:i], False
                 carry_text = carry_text[i:]
             if eof:
@@ -403,6 +409,10 @@ def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, 
     finally:
         if bar is not None:
             bar.close()
+    if stats.blind_cuts:
+        log.warning("%s: text running more than %d characters without a space or punctuation was cut %d time(s), "
+                    "every %d characters; jieba's words at those cuts may differ from what it gives for the whole "
+                    "line", path, _CHUNK_CHARS, stats.blind_cuts, _CHUNK_CHARS)
     ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
     id_parts.clear()
     line_offsets = np.concatenate(offset_parts).astype(np.int64, copy=False)
