@@ -338,3 +338,24 @@ def test_a_run_too_long_to_cut_safely_is_cut_with_a_warning(tmp_path, monkeypatc
     import jieba
     second = "，".join(["改革开放是强国之路"] * 100)
     assert c.line_words(1) == [w for w in jieba.cut(second) if w.strip()]    # safe cuts: jieba's own tokens
+
+
+def test_latin_words_are_joined_with_spaces_chinese_without():
+    assert tokenize.join_words(["hello", "world", ",", "we", "2", "GDP", "增长", "我们", "的", "3.5", "%"]) == \
+        "hello world, we 2 GDP增长我们的3.5%"
+    vocab = data.Vocab.from_list(["<pad>", "<unk>", "the", "cat", "sat", "。", "我们"])
+    assert vocab.decode([2, 3, 0, 4, 5, 6]) == "the cat sat。我们"
+    assert vocab.decode([2, 1, 3, 6, 1, 6]) == "the <unk> cat我们<unk>我们"
+
+
+def test_generated_latin_text_is_not_glued(tmp_path):
+    from rnnlm.data import Vocab
+    from rnnlm.inference.text import generate
+    from rnnlm.model import ModelConfig, WordRNN
+    torch.manual_seed(0)
+    vocab = Vocab.from_list(["<pad>", "<unk>", "the", "cat", "sat", "on", "mat"])
+    model = WordRNN(ModelConfig(vocab_size=len(vocab), embed_size=4, hidden_size=4, num_layers=1)).eval()
+    (text,) = generate(model, vocab, TokenizerSettings(), "the cat", 20, seed=0)
+    words = text.split(" ")
+    assert text.startswith("the cat ") and len(words) >= 10
+    assert all(w in {"the", "cat", "sat", "on", "mat", "<unk>"} for w in words), text

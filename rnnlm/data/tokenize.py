@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jieba
 import numpy as np
@@ -125,6 +125,41 @@ def tokenize_text(text: str, settings: TokenizerSettings | None = None) -> list[
     _load_jieba()
     text = text.translate(_CONTROL_TO_SPACE)
     return [w for w in jieba.dt.cut(text, HMM=settings.hmm) if w and not w.isspace()]
+
+
+# Letters of scripts written without spaces between words: no space goes between two such words.
+_UNSPACED = re.compile(r"[\u0E00-\u0EFF\u1000-\u109F\u1780-\u17FF\u2E80-\u9FFF\uF900-\uFAFF\uFF00-\uFFEF"
+                       r"\U00020000-\U0003FFFF]")
+
+
+_SPECIAL = re.compile(r"<\w+>")  # <unk>, <pad>: a word on both sides
+
+
+def _spaced(ch: str) -> bool:
+    return ch.isalnum() and not _UNSPACED.match(ch)
+
+
+def _spaced_end(word: str) -> bool:
+    return _spaced(word[-1]) or word[-1] in ",.;:!?)" or bool(_SPECIAL.fullmatch(word))
+
+
+def _spaced_start(word: str) -> bool:
+    return _spaced(word[0]) or bool(_SPECIAL.fullmatch(word))
+
+
+def join_words(words: Iterable[str]) -> str:
+    """Words back as text, as the corpus writes them: jieba drops the spaces, so a space goes back between two
+    words that would otherwise merge (letters or digits of scripts written with spaces on both sides: `hello
+    world`, `GDP 2`), and after ASCII punctuation before such a word (`hello, world`); Chinese words are joined without one (`我们的`), and so is a Latin word beside a Chinese
+    one (`GDP增长`)."""
+    out: list[str] = []
+    for word in words:
+        if not word:
+            continue
+        if out and _spaced_end(out[-1]) and _spaced_start(word):
+            out.append(" ")
+        out.append(word)
+    return "".join(out)
 
 
 def _tokenize_segments(segments: Sequence[str], hmm: bool) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ import logging
 from typing import Callable
 
 from rnnlm.data import TokenizerSettings, Vocab, tokenize_text
+from rnnlm.data.tokenize import join_words
 from rnnlm.errors import UsageError
 from rnnlm.inference.generation import EMPTY_PROMPT, generate_ids
 from rnnlm.model import WordRNN
@@ -16,7 +17,8 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
              temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
              num_samples: int = 1, seed: int | None = None, output_precision: str = "auto",
              warn: Callable[[str], None] | None = None) -> list[str]:
-    """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
+    """num_samples texts: the prompt followed by `length` generated words, joined as the corpus writes words
+    (rnnlm.data.tokenize.join_words: a space only where two words would merge).
 
     prompt is tokenized with `settings` and encoded with `vocab` (unknown words become <unk>; `warn(message)` is
     called when no word of the prompt is in the vocabulary). UsageError for an empty prompt or meaningless
@@ -32,4 +34,4 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
         (warn or log.warning)(message)
     generated = generate_ids(model, ids, length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p,
                              num_samples=num_samples, seed=seed, output_precision=output_precision)
-    return [prompt + vocab.decode(row) for row in generated.tolist()]
+    return [join_words([prompt, vocab.decode(row)]) for row in generated.tolist()]
