@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +170,27 @@ def test_disk_full_while_appending_metrics(tiny_corpus, tmp_path, monkeypatch, c
     assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2
     assert train.main(["--resume", str(tmp_path / "r"), "--max-steps", "3", "--no-progress"]) == 0  # disk freed
     assert [r["step"] for r in read_metrics(tmp_path / "r")] == [1, 2, 3]
+
+
+def test_kill_9_mid_run_then_resume_keeps_one_history(tiny_corpus, tmp_path):
+    """A real kill -9 after steps past the last checkpoint were logged: the resume rewrites those steps once."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnlm.train", "--data", str(tiny_corpus), "--out", str(out), *TINY,
+           "--log-every", "1", "--eval-every", "3", "--max-steps", "100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "last.pt").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert train.main(["--resume", str(out), "--max-steps", str(step + 2), "--no-progress"]) == 0
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, step + 3))
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
