@@ -359,3 +359,44 @@ def test_generated_latin_text_is_not_glued(tmp_path):
     words = text.split(" ")
     assert text.startswith("the cat ") and len(words) >= 10
     assert all(w in {"the", "cat", "sat", "on", "mat", "<unk>"} for w in words), text
+
+
+# -- rnnlm.report ----------------------------------------------------------------------------------------------------
+
+def _report(argv, capsys):
+    from rnnlm.report import main as report_main
+    return _cli_line(report_main, "python -m rnnlm.report", [str(a) for a in argv], capsys)
+
+
+def _metrics_file(tmp_path, *lines) -> Path:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_report_to_an_unwritable_out_is_one_line(tmp_path, capsys):
+    metrics = _metrics_file(tmp_path, '{"step": 1, "loss": 2.0, "time": 1}', '{"step": 2, "loss": 1.5, "time": 2}')
+    (tmp_path / "o" / "report.md").mkdir(parents=True)           # report.md cannot be written (even by root)
+    line = _report(["--metrics", metrics, "--out", tmp_path / "o"], capsys)
+    assert line.startswith("python -m rnnlm.report: error: --out") and "cannot write" in line
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_report_skips_absurd_numbers_and_nesting(tmp_path, capsys):
+    from rnnlm.report import main as report_main
+    metrics = _metrics_file(tmp_path,
+                            '{"step": 1' + "0" * 400 + ', "loss": 2.0, "time": 1}',          # int beyond a float
+                            '{"step": 1' + "0" * 5000 + ', "loss": 2.0, "time": 1}',         # beyond int parsing
+                            '{"step": 2, "loss": 1e308, "time": 1e308, "valid_ppl": 1e308}',
+                            '{"step": 3, "x": ' + "[" * 100000 + "]" * 100000 + ', "loss": 1.0}',  # nesting
+                            '{"step": 4, "loss": 1.5, "time": 4, "valid_ppl": 80.0}')
+    assert report_main(["--metrics", str(metrics), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nested too deeply" in err and "line 2 skipped" in err
+    assert (tmp_path / "o" / "report.md").exists()
+
+
+def test_benchmark_json_nested_too_deeply_is_one_line(tmp_path, capsys):
+    bench = tmp_path / "b.json"
+    bench.write_text("[" * 100000 + "]" * 100000)
+    assert "nested too deeply" in _report([bench, "--no-compile", "--out", tmp_path / "o"], capsys)

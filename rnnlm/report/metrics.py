@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from rnnlm.errors import UsageError
 from rnnlm.report.benchmarks import _finite, parse_json, read_text, warn
 from rnnlm.report.plots import plt
@@ -85,7 +87,8 @@ def metrics_plot(records: list[dict], path: Path, title: str) -> None:
 
 def metrics_section(path: str, out: Path) -> str:
     records = read_metrics(path)
-    metrics_plot(records, out / "training.png", f"training run: {path}")
+    with np.errstate(over="ignore", invalid="ignore"):  # matplotlib's ticks for values near 1e308 overflow
+        metrics_plot(records, out / "training.png", f"training run: {path}")
     losses = [r for r in records if _finite(r.get("loss")) is not None]
     valids = [r for r in records if _finite(r.get("valid_ppl")) is not None]
     lines = [f"From `{path}` ({len(records)} lines)."]
