@@ -48,8 +48,9 @@ SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
 
 def seed(name: str, value: Any) -> int:
     """value as an int; UsageError unless it is an integer torch can seed with (64 bits)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
-        raise _fail(name, f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (64 bits), got {value!r}")
+    low, high = SEED_RANGE
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise _fail(name, f"must be an integer from {low} to {high} (64 bits), got {value!r}")
     return int(value)
 
 

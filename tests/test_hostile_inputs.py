@@ -331,7 +331,8 @@ def test_a_run_too_long_to_cut_safely_is_cut_with_a_warning(tmp_path, monkeypatc
     the chunk size, which is cut (maybe mid-word) and reported."""
     monkeypatch.setattr(tokenize, "_CHUNK_CHARS", 300)
     corpus = tmp_path / "c.txt"
-    corpus.write_text("我们的祖国充满希望" * 100 + "\n" + "，".join(["改革开放是强国之路"] * 100) + "\n", encoding="utf-8")
+    text = "我们的祖国充满希望" * 100 + "\n" + "，".join(["改革开放是强国之路"] * 100) + "\n"
+    corpus.write_text(text, encoding="utf-8")
     with caplog.at_level("WARNING", logger="rnnlm.data"):
         c = _load(corpus, tmp_path)
     assert "running more than 300 characters without a space or punctuation was cut 2 time(s)" in caplog.text

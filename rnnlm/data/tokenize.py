@@ -148,10 +148,10 @@ def _spaced_start(word: str) -> bool:
 
 
 def join_words(words: Iterable[str]) -> str:
-    """Words back as text, as the corpus writes them: jieba drops the spaces, so a space goes back between two
-    words that would otherwise merge (letters or digits of scripts written with spaces on both sides: `hello
-    world`, `GDP 2`), and after ASCII punctuation before such a word (`hello, world`); Chinese words are joined without one (`我们的`), and so is a Latin word beside a Chinese
-    one (`GDP增长`)."""
+    """Words back as text, as the corpus writes them. jieba drops the spaces, so a space goes back between two
+    words that would otherwise merge (letters or digits of scripts written with spaces: `hello world`, `GDP 2`),
+    and after ASCII punctuation before such a word (`hello, world`). Chinese words are joined without one
+    (`我们的`), and so is a Latin word beside a Chinese one (`GDP增长`)."""
     out: list[str] = []
     for word in words:
         if not word:

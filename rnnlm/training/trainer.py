@@ -127,7 +127,10 @@ class Trainer:
             # best.pt is written before last.pt: a kill between them leaves a better best.pt than last.pt records
             record = folder.best_record()
             progress.best = min(progress.best, record) if record is not None else progress.best
-        folder.start_metrics(None if history is None else history / METRICS, progress.step if payload is not None else None)
+        if payload is None:
+            folder.start_metrics()
+        else:
+            folder.start_metrics(None if history is None else history / METRICS, progress.step)
         trainer = cls(cfg, folder, data, model, optimizer, progress, device, resumed=payload is not None)
         trainer.announce()
         return trainer
