@@ -401,3 +401,16 @@ def test_benchmark_json_nested_too_deeply_is_one_line(tmp_path, capsys):
     bench = tmp_path / "b.json"
     bench.write_text("[" * 100000 + "]" * 100000)
     assert "nested too deeply" in _report([bench, "--no-compile", "--out", tmp_path / "o"], capsys)
+
+
+@pytest.mark.parametrize("value", ["x", 3, [1], True])
+def test_benchmark_json_with_a_malformed_machine_info_gives_a_partial_report(tmp_path, capsys, value):
+    import json
+    from rnnlm.report import main as report_main
+    from test_report import bench_json
+    data = bench_json(groups=("recurrence forward",))
+    data["machine_info"] = value
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps(data))
+    assert report_main([str(bench), "--no-parity", "--no-compile", "--out", str(tmp_path / "o")]) == 0
+    assert "### recurrence forward" in (tmp_path / "o" / "report.md").read_text()

@@ -48,7 +48,7 @@ class ReportConfig:
 
 def _header(meta: dict, rows: list[Row], source: str) -> list[str]:
     out = []
-    mi = meta.get("machine_info") or {}
+    mi = meta.get("machine_info") if isinstance(meta.get("machine_info"), dict) else {}
     cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
     devices = sorted({str(r.info.get("device")) for r in rows if r.info.get("device")})
     versions = {k: sorted({str(r.info[k]) for r in rows if r.info.get(k)}) for k in ("torch", "triton")}
