@@ -17,6 +17,7 @@ import torch
 
 from rnnlm import data, train
 from rnnlm.data import TokenizerSettings, tokenize
+from rnnlm.data.words import join_words
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import UsageError, run_cli
 from rnnlm.evaluate import main as evaluate_main
@@ -342,7 +343,7 @@ def test_a_run_too_long_to_cut_safely_is_cut_with_a_warning(tmp_path, monkeypatc
 
 
 def test_latin_words_are_joined_with_spaces_chinese_without():
-    assert tokenize.join_words(["hello", "world", ",", "we", "2", "GDP", "增长", "我们", "的", "3.5", "%"]) == \
+    assert join_words(["hello", "world", ",", "we", "2", "GDP", "增长", "我们", "的", "3.5", "%"]) == \
         "hello world, we 2 GDP增长我们的3.5%"
     vocab = data.Vocab.from_list(["<pad>", "<unk>", "the", "cat", "sat", "。", "我们"])
     assert vocab.decode([2, 3, 0, 4, 5, 6]) == "the cat sat。我们"

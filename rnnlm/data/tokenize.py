@@ -23,19 +23,16 @@ import logging
 import multiprocessing
 import os
 import re
-import signal
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jieba
 import numpy as np
 from tqdm import tqdm
 
-from rnnlm.checks import one_of, positive_int
+from rnnlm.checks import one_of
+from rnnlm.data.pool import resolve_workers, tokenize_in_pool
 from rnnlm.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -45,7 +42,6 @@ _READ_BLOCK = 1 << 20             # bytes read per file read
 _CHUNK_CHARS = 1 << 16            # characters per worker task; also the longest segment of a long line
 _PARALLEL_MIN_BYTES = 1 << 20     # below this a worker pool costs more than it saves
 _PROGRESS_MIN_BYTES = 4 << 20
-WORKERS_ENV = "RNNLM_TOKENIZE_WORKERS"  # processes for jieba (default: every core for files over 1 MiB)
 
 # jieba 0.42's block class (jieba.re_han_default): text is cut between runs of these and everything else.
 _NON_BLOCK = re.compile(r"[^\u4E00-\u9FD5a-zA-Z0-9+#&._%\-]")
@@ -127,41 +123,6 @@ def tokenize_text(text: str, settings: TokenizerSettings | None = None) -> list[
     return [w for w in jieba.dt.cut(text, HMM=settings.hmm) if w and not w.isspace()]
 
 
-# Letters of scripts written without spaces between words: no space goes between two such words.
-_UNSPACED = re.compile(r"[\u0E00-\u0EFF\u1000-\u109F\u1780-\u17FF\u2E80-\u9FFF\uF900-\uFAFF\uFF00-\uFFEF"
-                       r"\U00020000-\U0003FFFF]")
-
-
-_SPECIAL = re.compile(r"<\w+>")  # <unk>, <pad>: a word on both sides
-
-
-def _spaced(ch: str) -> bool:
-    return ch.isalnum() and not _UNSPACED.match(ch)
-
-
-def _spaced_end(word: str) -> bool:
-    return _spaced(word[-1]) or word[-1] in ",.;:!?)" or bool(_SPECIAL.fullmatch(word))
-
-
-def _spaced_start(word: str) -> bool:
-    return _spaced(word[0]) or bool(_SPECIAL.fullmatch(word))
-
-
-def join_words(words: Iterable[str]) -> str:
-    """Words back as text, as the corpus writes them. jieba drops the spaces, so a space goes back between two
-    words that would otherwise merge (letters or digits of scripts written with spaces: `hello world`, `GDP 2`),
-    and after ASCII punctuation before such a word (`hello, world`). Chinese words are joined without one
-    (`我们的`), and so is a Latin word beside a Chinese one (`GDP增长`)."""
-    out: list[str] = []
-    for word in words:
-        if not word:
-            continue
-        if out and _spaced_end(out[-1]) and _spaced_start(word):
-            out.append(" ")
-        out.append(word)
-    return "".join(out)
-
-
 def _tokenize_segments(segments: Sequence[str], hmm: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Worker task: (local lexicon in first-seen order, int32 ids into it, int64 token count per segment)."""
     cut = jieba.dt.cut
@@ -179,11 +140,6 @@ def _tokenize_segments(segments: Sequence[str], hmm: bool) -> tuple[list[str], n
             ids.append(i)
         per_segment[k] = len(ids) - n0
     return list(local), np.array(ids, dtype=np.int32), per_segment
-
-
-def _worker_init() -> None:
-    # Ctrl-C goes to the whole process group: the parent handles it (and terminates the pool).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -338,75 +294,13 @@ def _chunks(segments: Iterator[tuple[str, bool]]) -> Iterator[tuple[list[str], n
         yield texts, np.array(ends, dtype=bool)
 
 
-def _resolve_workers(workers: int | None, size: int) -> int:
-    if workers is not None:
-        return positive_int("workers", workers)
-    env = os.environ.get(WORKERS_ENV, "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise UsageError(f"{WORKERS_ENV} must be a positive integer, got {env!r}")
-        return int(env)
-    if size < _PARALLEL_MIN_BYTES:
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _tokenize_in_pool(ctx, n_workers: int, chunks, hmm: bool, consume) -> None:
-    """Tokenizes `chunks` on n_workers forked processes, consuming the results in order. A worker that dies (the
-    out-of-memory killer's SIGKILL) fails every pending task at once (ProcessPoolExecutor notices the dead
-    process, where multiprocessing.Pool would wait forever): UsageError naming it."""
-    pool = ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init)
-    workers: dict[int, Any] = {}               # pid -> Process, seen as the pool starts them
-    done = False
-    try:
-        pending: deque = deque()               # bounded: the reader stays a few chunks ahead, no more
-        for texts, ends in chunks:
-            pending.append((pool.submit(_tokenize_segments, texts, hmm), ends))
-            workers.update(getattr(pool, "_processes", None) or {})
-            if len(pending) >= 2 * n_workers:
-                future, e = pending.popleft()
-                consume(future.result(), e)
-        while pending:
-            future, e = pending.popleft()
-            consume(future.result(), e)
-        done = True
-    except BrokenProcessPool:
-        pool.shutdown(wait=True)               # the pool has terminated the other workers: exit codes are final
-        raise UsageError(_dead_worker(workers, n_workers)) from None
-    finally:
-        if not done:                           # an error or Ctrl-C: stop the workers now, not after their tasks
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in workers.values():
-                if proc.exitcode is None:
-                    proc.terminate()
-        pool.shutdown(wait=True)
-
-
-def _dead_worker(workers: dict[int, Any], n_workers: int) -> str:
-    """One line naming the worker that died first (the others were stopped with SIGTERM after it)."""
-    who, how = "a tokenizing worker", "died"
-    for k, (pid, proc) in enumerate(sorted(workers.items()), 1):
-        code = proc.exitcode
-        if code is not None and code != -signal.SIGTERM:
-            who = f"tokenizing worker {k} of {n_workers} (pid {pid})"
-            how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
-            if code < 0 and -code in signal.valid_signals():
-                how = f"was killed by {signal.Signals(-code).name}"
-            break
-    return (f"{who} {how}; the out-of-memory killer does this when the machine runs out of memory: tokenize with "
-            f"fewer processes ({WORKERS_ENV}=1 uses one; now {n_workers}) or free memory")
-
-
 def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, progress: bool):
     """-> (lexicon list[str], ids int32, line_offsets int64, replaced count, SHA-256 of the bytes tokenized).
 
-    workers: processes for jieba (None: $RNNLM_TOKENIZE_WORKERS, else every core for files over 1 MiB, else 1)."""
+    workers: processes for jieba (None: rnnlm.data.pool.resolve_workers decides)."""
     _load_jieba()                              # load the dictionary once, before forking: workers share it
     size = path.stat().st_size
-    n_workers = _resolve_workers(workers, size)
+    n_workers = resolve_workers(workers, size, _PARALLEL_MIN_BYTES)
     stats = _ReadStats()
     bar = None
     if progress and size >= _PROGRESS_MIN_BYTES:
@@ -437,7 +331,7 @@ def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, 
             log.info("no fork on this platform: tokenizing in one process")
     try:
         if ctx is not None:
-            _tokenize_in_pool(ctx, n_workers, chunks, settings.hmm, consume)
+            tokenize_in_pool(ctx, n_workers, chunks, _tokenize_segments, settings.hmm, consume)
         else:
             for texts, ends in chunks:
                 consume(_tokenize_segments(texts, settings.hmm), ends)

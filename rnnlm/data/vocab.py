@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rnnlm.data.corpus import Corpus
-from rnnlm.data.tokenize import join_words
+from rnnlm.data.words import join_words
 from rnnlm.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Vocab:
         return [get(w, unk) for w in words]
 
     def decode(self, ids) -> str:
-        """The words as text (rnnlm.data.tokenize.join_words: spaces only where words would merge); <pad> is
+        """The words as text (rnnlm.data.words.join_words: spaces only where words would merge); <pad> is
         skipped."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()

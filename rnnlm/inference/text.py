@@ -5,7 +5,7 @@ import logging
 from typing import Callable
 
 from rnnlm.data import TokenizerSettings, Vocab, tokenize_text
-from rnnlm.data.tokenize import join_words
+from rnnlm.data.words import join_words
 from rnnlm.errors import UsageError
 from rnnlm.inference.generation import EMPTY_PROMPT, generate_ids
 from rnnlm.model import WordRNN
@@ -18,7 +18,7 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
              num_samples: int = 1, seed: int | None = None, output_precision: str = "auto",
              warn: Callable[[str], None] | None = None) -> list[str]:
     """num_samples texts: the prompt followed by `length` generated words, joined as the corpus writes words
-    (rnnlm.data.tokenize.join_words: a space only where two words would merge).
+    (rnnlm.data.words.join_words: a space only where two words would merge).
 
     prompt is tokenized with `settings` and encoded with `vocab` (unknown words become <unk>; `warn(message)` is
     called when no word of the prompt is in the vocabulary). UsageError for an empty prompt or meaningless
