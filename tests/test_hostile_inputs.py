@@ -415,3 +415,20 @@ def test_benchmark_json_with_a_malformed_machine_info_gives_a_partial_report(tmp
     bench.write_text(json.dumps(data))
     assert report_main([str(bench), "--no-parity", "--no-compile", "--out", str(tmp_path / "o")]) == 0
     assert "### recurrence forward" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("where,key,value", [
+    ("extra_info", "batch_size", "x"), ("extra_info", "seq_len", []), ("extra_info", "hidden_size", 1e308),
+    ("stats", "rounds", "x"),
+])
+def test_benchmark_json_with_malformed_fields_gives_a_partial_report(tmp_path, capsys, where, key, value):
+    import json
+    from rnnlm.report import main as report_main
+    from test_report import bench_json
+    data = bench_json(groups=("recurrence forward",))
+    data["benchmarks"][0][where][key] = value
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps(data))
+    assert report_main([str(bench), "--no-parity", "--no-compile", "--out", str(tmp_path / "o")]) == 0
+    assert "### recurrence forward" in (tmp_path / "o" / "report.md").read_text()
+    assert where == "stats" or f"extra_info['{key}']" in capsys.readouterr().err

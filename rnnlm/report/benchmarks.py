@@ -88,6 +88,16 @@ def _finite(x: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _sizes_checked(info: dict, problems: list[str], where: str) -> dict:
+    """info without the sizes (SIZE_NAMES) that are not positive integers a table or plot can use; each one
+    dropped is named in `problems` (the rest of the report goes on)."""
+    kept = dict(info)
+    for key in SIZE_NAMES:
+        if key in kept and not (type(kept[key]) is int and 0 < kept[key] < 2**40):
+            problems.append(f"{where}: extra_info[{key!r}] = {str(kept.pop(key))[:40]} is not a size; ignored")
+    return kept
+
+
 def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict]:
     """(rows, problems, meta) from pytest-benchmark JSON; problems name what is missing."""
     problems: list[str] = []
@@ -106,7 +116,8 @@ def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict
         if not isinstance(stats, dict) or _finite(stats.get("median", stats.get("mean"))) is None:
             bad += 1
             continue
-        info = b.get("extra_info") if isinstance(b.get("extra_info"), dict) else {}
+        info = _sizes_checked(b.get("extra_info") if isinstance(b.get("extra_info"), dict) else {}, problems,
+                              f"{source}: {b.get('name', '?')}")
         params = b.get("params") if isinstance(b.get("params"), dict) else {}
         backend = info.get("backend", params.get("backend"))
         backend = BACKEND_ALIASES.get(str(backend).lower()) if backend is not None else None
@@ -118,7 +129,7 @@ def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict
         median = _finite(stats.get("median")) or _finite(stats.get("mean"))
         rows.append(Row(group=str(group), name=name, backend=backend, shape=str(shape) if shape is not None else "-",
                         variant=variant, median=median, mean=_finite(stats.get("mean")) or median,
-                        rounds=int(stats.get("rounds") or 0), info=info))
+                        rounds=int(_finite(stats.get("rounds")) or 0), info=info))
     if bad:
         problems.append(f"{source}: {bad} benchmark(s) without stats (median/mean) skipped")
     if not rows:
