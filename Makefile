@@ -44,9 +44,10 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT)
 
-# Trains the default model on the default corpus for about 8 minutes, then prints test perplexity and a sample.
+# Trains the default model on the default corpus for about 8 minutes (replacing the last such run), then prints
+# test perplexity and a sample.
 run: install
-	$(PY) -m rnnlm.train --time-budget 8 --out runs/default
+	$(PY) -m rnnlm.train --time-budget 8 --out runs/default --overwrite
 
 clean:
 	rm -rf $(VENV) .bench runs .pytest_cache

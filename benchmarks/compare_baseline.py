@@ -146,7 +146,7 @@ def train_ours(corpus: Path, out: Path, steps: int, log_every: int, skip_windows
     metrics.jsonl, leaving out the first `skip_windows` windows of `log_every` steps (warm-up)."""
     cmd = [sys.executable, "-m", "rnnlm.train", "--data", corpus, "--backend", "torch", "--device", "cpu",
            "--max-steps", steps, "--eval-every", steps, "--log-every", log_every, "--seed", seed,
-           "--precision", precision, "--out", out, "--no-progress", "--sample-length", "0"]
+           "--precision", precision, "--out", out, "--overwrite", "--no-progress", "--sample-length", "0"]
     t0 = time.perf_counter()
     stdout = run(cmd, env=child_env(cache_dir), timeout=3600)
     wall = time.perf_counter() - t0

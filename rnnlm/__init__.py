@@ -16,7 +16,13 @@ on a GPU image that has torch and triton but not the tokenizer and plotting pack
 from __future__ import annotations
 
 import importlib
+import sys as _sys
 from typing import Any
+
+if _sys.argv[:1] == ["-m"]:  # `python -m rnnlm.<command>` (argv[0] is "-m" while the package is imported): Ctrl-C
+    from rnnlm.errors import quiet_interrupts_while_starting  # during the imports below ends in one line
+
+    quiet_interrupts_while_starting()
 
 # Decide how Triton runs (its interpreter when there is no CUDA device) before anything imports triton:
 # creating a torch.optim optimizer does, and triton.language's own helpers are built for the mode in force

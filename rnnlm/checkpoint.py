@@ -195,7 +195,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise UsageError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    check_finite_weights(payload["model_state"], path)
     return payload
+
+
+def check_finite_weights(state: Any, path) -> None:
+    """UsageError naming the first weight tensor of `state` (a state dict) that holds NaN or infinity: such a
+    model evaluates to NaN and generates noise, so it is never used."""
+    if not isinstance(state, dict):
+        return  # model_from_checkpoint says what is wrong with it
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise UsageError(f"checkpoint {path} holds non-finite weights: {name} has {bad:,} NaN or infinite "
+                                 f"value(s) of {tensor.numel():,}; it cannot be used (an earlier checkpoint of the "
+                                 f"run, such as best.pt, may be finite)")
 
 
 def model_from_checkpoint(payload: dict[str, Any], backend: str | None = None,

@@ -41,3 +41,20 @@ def one_of(name: str, value: T, choices: Sequence[T]) -> T:
     if value not in choices:
         raise _fail(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
+
+
+def seed(name: str, value: Any) -> int:
+    """value as an int; UsageError unless it is an integer torch can seed with (64 bits)."""
+    low, high = SEED_RANGE
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise _fail(name, f"must be an integer from {low} to {high} (64 bits), got {value!r}")
+    return int(value)
+
+
+def non_empty_path(name: str, value: Any) -> None:
+    """UsageError when a path is given as the empty string (which would mean the current folder)."""
+    if isinstance(value, str) and not value.strip():
+        raise _fail(name, "is empty: give a path")

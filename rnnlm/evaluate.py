@@ -11,6 +11,7 @@ from rnnlm.cli import CheckpointOptions, log_to_stderr, open_checkpoint, parse
 from rnnlm.config import option
 from rnnlm.data import SPLITS
 from rnnlm.errors import run_cli
+from rnnlm.evaluation import describe_perplexity
 
 PROG = "rnnlm.evaluate"
 
@@ -34,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr()
     lm = open_checkpoint(cfg)
     result = lm.evaluate(cfg.split, data=cfg.data, batch_size=cfg.batch_size)
-    print(f"{cfg.split} perplexity: {result.perplexity:.4f} ({result.n_targets + 1} tokens, "
-          f"{result.n_targets} predicted; OOV rate {result.oov_rate:.2%} (<unk>); "
+    print(f"{cfg.split} perplexity: {describe_perplexity(result.perplexity, result.mean_nll, 4)} "
+          f"({result.n_targets + 1} tokens, {result.n_targets} predicted; OOV rate {result.oov_rate:.2%} (<unk>); "
           f"backend {lm.model.backend.describe(lm.device)})")
     if cfg.uniform:
         uniform = lm.evaluate(cfg.split, data=cfg.data, batch_size=cfg.batch_size, uniform=True)

@@ -27,6 +27,23 @@ from rnnlm.model import WordRNN
 WINDOW = 128  # time steps per forward; the result does not depend on it (the state is carried exactly)
 
 
+def perplexity(mean_nll: float) -> float:
+    """exp(mean_nll): inf where that overflows (a loss over ~709.78 nats), NaN for a NaN loss."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
+
+
+def describe_perplexity(ppl: float, mean_nll: float, digits: int = 2) -> str:
+    """The perplexity as printed: `123.45`; `inf (mean loss 812.3 nats)` when it overflows or is not finite, and
+    `3.1e+229 (mean loss 528.1 nats)` when it is absurdly large."""
+    if math.isfinite(ppl) and ppl < 1e7:
+        return f"{ppl:.{digits}f}"
+    shown = f"{ppl:.4g}" if math.isfinite(ppl) else str(ppl)
+    return f"{shown} (mean loss {mean_nll:.6g} nats)"
+
+
 @dataclass
 class EvalResult:
     perplexity: float
@@ -95,5 +112,5 @@ def evaluate_tokens(model: WordRNN, tokens: torch.Tensor, batch_size: int = 16, 
     if world > 1:  # partial sums: the perplexity is the caller's, from the totals over every shard
         mine_targets = mine * s + (rest if rank == world - 1 else 0)
         return EvalResult(perplexity=math.nan, nll_sum=total, n_targets=mine_targets)
-    return EvalResult(perplexity=math.exp(total / n_targets), nll_sum=total, n_targets=n_targets)
+    return EvalResult(perplexity=perplexity(total / n_targets), nll_sum=total, n_targets=n_targets)
 

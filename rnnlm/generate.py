@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rnnlm.checkpoint import load_checkpoint, tokenizer_settings
-from rnnlm.checks import positive_int
+from rnnlm.checks import positive_int, seed
 from rnnlm.cli import CheckpointOptions, log_to_stderr, open_checkpoint, parse
 from rnnlm.config import option
 from rnnlm.data import tokenize_text
@@ -21,6 +21,7 @@ from rnnlm.inference.generation import EMPTY_PROMPT
 from rnnlm.inference.precision import OUTPUT_PRECISIONS
 from rnnlm.inference.sampling import check_sampling
 from rnnlm.inference.text import stream
+from rnnlm.memory import check_fits, generation_bytes
 
 PROG = "rnnlm.generate"
 
@@ -63,6 +64,8 @@ class GenerateConfig(CheckpointOptions):
         if self.plot is not None and not self.top_words:
             raise UsageError("{plot} draws the --top-words table: give {top_words} N too",
                              params=("plot", "top_words"))
+        if self.seed is not None:
+            seed("seed", self.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not tokenize_text(cfg.prompt, tokenizer_settings(payload)):
         raise UsageError(EMPTY_PROMPT, params=("prompt",))
     lm = open_checkpoint(cfg, payload)
+    check_fits(generation_bytes(lm.model.config, cfg.num_samples, cfg.length), "generating --num-samples × --length "
+               f"= {cfg.num_samples * cfg.length:,} words", lm.device, params=("num_samples", "length"))
     logging.getLogger("rnnlm").info("backend %s", lm.model.backend.describe(lm.device))
     if cfg.top_words:
         temperatures = parse_temperatures(cfg.temperatures) if cfg.temperatures else [cfg.temperature]

@@ -1,6 +1,8 @@
 """Data: corpus file -> jieba words -> token ids (cached) -> vocabulary and splits -> (x, y) batches.
 
     tokenize.py   reading a file as UTF-8 in blocks and cutting it into words with jieba, on every core
+    pool.py       how many processes run jieba, and their pool, which fails fast when a worker dies
+    words.py      words back as text (spaces where the script has them)
     corpus.py     Corpus and load_corpus (with the on-disk token cache), the default corpus
     vocab.py      Vocab (words by frequency, <pad> and <unk> first), counted on the training split (train_vocab),
                   and split_corpus (train / valid / test)

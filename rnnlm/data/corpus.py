@@ -2,7 +2,10 @@
 
 The token ids are cached on disk (RNNLM_CACHE_DIR, default ~/.cache/rnnlm, folder tokens/<key>/), keyed by the
 file's SHA-256, the TokenizerSettings, jieba's version and dictionary; a second load is np.load. A cache folder
-is written atomically (a temporary sibling, then one rename) and one that does not check out is rebuilt.
+is written atomically (a temporary sibling, then one rename) with the SHA-256 of each part in its meta.json; an
+entry whose parts disagree with each other, with those checksums or with its key is rebuilt, with a warning. The
+bytes tokenized are hashed as they are read: when they are not the bytes hashed for the key (the file changed
+meanwhile), the tokens are never cached and the load stops with one line.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from rnnlm.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1                  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2                  # bump when the cached arrays change meaning (2: checksums)
 _HASH_BLOCK = 1 << 20             # bytes read per hash update
 
 
@@ -161,24 +164,58 @@ def _cache_key(content_hash: str, settings: TokenizerSettings) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _load_cached(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict] | None:
+def _checksum(data: bytes | np.ndarray) -> str:
+    """SHA-256 of bytes, or of an array's contents (no copy)."""
+    return hashlib.sha256(np.ascontiguousarray(data).view(np.uint8) if isinstance(data, np.ndarray) else data
+                          ).hexdigest()
+
+
+def _cache_problem(lexicon, ids, offsets, counts, meta, lexicon_bytes: bytes, expect: dict) -> str | None:
+    """What is wrong with a cache entry (its parts disagree with each other, with their checksums, or with the
+    key it was found under), or None."""
+    if not (isinstance(meta, dict) and isinstance(lexicon, list)):
+        return "meta.json or lexicon.json is not what rnnlm writes"
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            return f"it was written for another {key}"
+    sums = meta.get("checksums") or {}
+    for name, data in (("ids", ids), ("line_offsets", offsets), ("counts", counts), ("lexicon", lexicon_bytes)):
+        if sums.get(name) != _checksum(data):
+            return f"{name} does not match its checksum"
+    if not (ids.dtype == np.int32 and ids.ndim == 1 and offsets.dtype == np.int64 and offsets.ndim == 1
+            and counts.dtype == np.int64 and counts.ndim == 1):
+        return "an array has the wrong type or shape"
+    if meta.get("n_tokens") != len(ids) or meta.get("n_lines") != len(offsets) - 1:
+        return "meta.json's sizes differ from the arrays'"
+    if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(ids) or bool(np.any(np.diff(offsets) < 0)):
+        return "line_offsets do not cover the ids in order"
+    if len(set(lexicon)) != len(lexicon) or not all(isinstance(w, str) for w in lexicon):
+        return "the lexicon is not a list of distinct words"
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(lexicon)):
+        return "ids point outside the lexicon"
+    if len(counts) != len(lexicon) or not np.array_equal(counts, np.bincount(ids, minlength=len(lexicon))):
+        return "counts disagree with the ids"
+    return None
+
+
+def _load_cached(folder: Path, expect: dict) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict] | None:
+    """The cache entry in `folder` if it checks out (its meta.json holding `expect`); None, with a warning when
+    there was an entry, otherwise."""
     if not folder.is_dir():
         return None
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        lexicon = json.loads((folder / "lexicon.json").read_text(encoding="utf-8"))
+        lexicon_bytes = (folder / "lexicon.json").read_bytes()
+        lexicon = json.loads(lexicon_bytes.decode("utf-8"))
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         offsets = np.load(folder / "line_offsets.npy", allow_pickle=False)
         counts = np.load(folder / "counts.npy", allow_pickle=False)
-        ok = (ids.dtype == np.int32 and ids.ndim == 1 and offsets.dtype == np.int64 and offsets.ndim == 1
-              and counts.dtype == np.int64 and len(counts) == len(lexicon) and len(offsets) >= 1
-              and offsets[0] == 0 and offsets[-1] == len(ids) and meta.get("n_tokens") == len(ids)
-              and (len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < len(lexicon))))
-        if ok:
-            return lexicon, ids, offsets, counts, meta
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    log.warning("token cache %s is damaged: tokenizing again", folder)
+        problem = _cache_problem(lexicon, ids, offsets, counts, meta, lexicon_bytes, expect)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        problem = f"unreadable: {err}"
+    if problem is None:
+        return lexicon, ids, offsets, counts, meta
+    log.warning("token cache %s is damaged (%s): tokenizing again", folder, problem)
     return None
 
 
@@ -197,9 +234,12 @@ def _save_cached(folder: Path, lexicon, ids, offsets, counts, meta: dict) -> Non
                 np.save(f, arr, allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-        for name, obj in (("lexicon.json", lexicon), ("meta.json", meta)):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                json.dump(obj, f, ensure_ascii=False)
+        lexicon_bytes = json.dumps(lexicon, ensure_ascii=False).encode("utf-8")
+        meta = {**meta, "checksums": {"ids": _checksum(ids), "line_offsets": _checksum(offsets),
+                                      "counts": _checksum(counts), "lexicon": _checksum(lexicon_bytes)}}
+        for name, data in (("lexicon.json", lexicon_bytes), ("meta.json", json.dumps(meta).encode("utf-8"))):
+            with open(tmp / name, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
         if folder.exists():                    # a damaged earlier cache: replace it
@@ -232,12 +272,16 @@ def load_corpus(path: str | os.PathLike | None, settings: TokenizerSettings | No
         raise UsageError(f"corpus {p} is empty")
     content_hash = file_hash(p)
     folder = cache_root(cache_dir) / "tokens" / _cache_key(content_hash, settings)
-    cached = _load_cached(folder)
+    expect = {"format": CACHE_FORMAT, "content_hash": content_hash, "settings": settings.to_dict()}
+    cached = _load_cached(folder, expect)
     if cached is not None:
         lexicon, ids, offsets, counts, meta = cached
         replaced = int(meta.get("replaced", 0))
     else:
-        lexicon, ids, offsets, replaced = tokenize.tokenize_file(p, settings, workers, progress)
+        lexicon, ids, offsets, replaced, read_hash = tokenize.tokenize_file(p, settings, workers, progress)
+        if read_hash != content_hash:  # the tokens are not those of the file that was hashed: never cache them
+            raise UsageError(f"corpus {p} changed while it was being read (its SHA-256 was {content_hash[:12]} "
+                             f"before, {read_hash[:12]} as tokenized): run again once nothing writes to it")
         if len(ids) == 0:
             raise UsageError(f"corpus {p} has no words: it holds only whitespace or control characters")
         counts = np.bincount(ids, minlength=len(lexicon)).astype(np.int64)

@@ -11,16 +11,18 @@ Cutting a long line is exact, not approximate: jieba.cut first splits its input 
 `[\\u4E00-\\u9FD5a-zA-Z0-9+#&._%-]+` and everything between them is emitted one character (or one
 whitespace run) at a time, so cutting right after a character outside that class yields the very tokens
 jieba would give for the whole line. Likewise tokenizing line by line equals tokenizing the whole text.
+The one exception: a single block longer than _CHUNK_CHARS (65,536 characters without a space or punctuation)
+is cut at that length, which may split a word; a warning says so. Giving jieba the whole block instead would
+make the memory of its DAG grow with the longest such run, with no bound.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
 import re
-import signal
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -29,7 +31,8 @@ import jieba
 import numpy as np
 from tqdm import tqdm
 
-from rnnlm.checks import one_of, positive_int
+from rnnlm.checks import one_of
+from rnnlm.data.pool import resolve_workers, tokenize_in_pool
 from rnnlm.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -70,9 +73,32 @@ class TokenizerSettings:
 
 
 def _load_jieba() -> None:
-    """Loads jieba's dictionary (once per process), quietly."""
+    """Loads jieba's dictionary (once per process), quietly. jieba caches the parsed dictionary in a file of
+    rnnlm's cache folder (RNNLM_CACHE_DIR/jieba), not in the temporary folder (which another user's cache file may
+    hold, or which may not exist); where it cannot write there it rebuilds the dictionary each run, and says so."""
     jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
+    if jieba.dt.initialized:
+        return
+    from rnnlm.data.corpus import cache_root  # corpus imports this module
+
+    folder = cache_root() / "jieba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # jieba's write fails below, quietly; the warning says what to do
+    jieba.dt.tmp_dir = str(folder)
+    before = set(folder.glob("jieba*.cache")) if folder.is_dir() else set()
+    jieba.setLogLevel(logging.CRITICAL)  # jieba logs a failed cache write as a traceback
+    try:
+        jieba.initialize()
+    finally:
+        jieba.setLogLevel(logging.WARNING)
+    after = set(folder.glob("jieba*.cache")) if folder.is_dir() else set()
+    if not after:
+        log.warning("jieba cannot write its dictionary cache in %s: it rebuilds the dictionary on every run "
+                    "(a second or two); set RNNLM_CACHE_DIR to a writable folder", folder)
+    elif after - before:
+        log.info("jieba's dictionary cache: %s", sorted(after - before)[0])
 
 
 def jieba_identity() -> dict[str, Any]:
@@ -116,11 +142,6 @@ def _tokenize_segments(segments: Sequence[str], hmm: bool) -> tuple[list[str], n
     return list(local), np.array(ids, dtype=np.int32), per_segment
 
 
-def _worker_init() -> None:
-    # Ctrl-C goes to the whole process group: the parent handles it (and terminates the pool).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Streaming reader
 # ----------------------------------------------------------------------------------------------------------
@@ -129,6 +150,8 @@ class _ReadStats:
     def __init__(self) -> None:
         self.replaced = 0
         self.bytes_read = 0
+        self.sha256 = hashlib.sha256()  # of the bytes read: what was tokenized, even if the file changes meanwhile
+        self.blind_cuts = 0             # runs of > _CHUNK_CHARS characters without a space or punctuation, cut
 
 
 def _utf8_boundary(buf: bytes) -> int:
@@ -181,9 +204,10 @@ def _decode(raw: bytes, errors: str, path: Path, offset: int, line_no: int, stat
     return text
 
 
-def _safe_cut(s: str, limit: int) -> int:
+def _safe_cut(s: str, limit: int, stats: _ReadStats | None = None) -> int:
     """Index i in (0, limit] where s may be cut without changing jieba's tokens: right after the last
-    character outside jieba's block class; `limit` if there is none (a word may then be cut)."""
+    character outside jieba's block class; `limit` if there is none (a word may then be cut: counted in
+    stats.blind_cuts)."""
     for lo in (max(0, limit - 8192), 0):
         last = None
         for last in _NON_BLOCK.finditer(s, lo, limit):
@@ -192,14 +216,15 @@ def _safe_cut(s: str, limit: int) -> int:
             return last.end()
         if lo == 0:
             break
-    log.debug("a %d-character run without punctuation or spaces was cut mid-word", limit)
+    if stats is not None:
+        stats.blind_cuts += 1
     return limit
 
 
-def _split_long(line: str) -> Iterator[tuple[str, bool]]:
+def _split_long(line: str, stats: _ReadStats | None = None) -> Iterator[tuple[str, bool]]:
     """A complete line as segments of at most _CHUNK_CHARS characters, cut where jieba would cut."""
     while len(line) > _CHUNK_CHARS:
-        i = _safe_cut(line, _CHUNK_CHARS)
+        i = _safe_cut(line, _CHUNK_CHARS, stats)
         yield line[:i], False
         line = line[i:]
     yield line, True
@@ -226,6 +251,7 @@ def _read_segments(path: Path, errors: str, stats: _ReadStats, progress=None) ->
             if progress is not None and block:
                 progress.update(len(block))
             stats.bytes_read += len(block)
+            stats.sha256.update(block)
             eof = not block
             buf = carry_bytes + block
             cut = len(buf) if eof else _utf8_boundary(buf)
@@ -242,9 +268,9 @@ def _read_segments(path: Path, errors: str, stats: _ReadStats, progress=None) ->
             lines = (carry_text + text).split("\n")
             carry_text = lines.pop()
             for line in lines:
-                yield from _split_long(line)
+                yield from _split_long(line, stats)
             while len(carry_text) > _CHUNK_CHARS:
-                i = _safe_cut(carry_text, _CHUNK_CHARS)
+                i = _safe_cut(carry_text, _CHUNK_CHARS, stats)
                 yield carry_text[:i], False
                 carry_text = carry_text[i:]
             if eof:
@@ -268,24 +294,13 @@ def _chunks(segments: Iterator[tuple[str, bool]]) -> Iterator[tuple[list[str], n
         yield texts, np.array(ends, dtype=bool)
 
 
-def _resolve_workers(workers: int | None, size: int) -> int:
-    if workers is not None:
-        return positive_int("workers", workers)
-    if size < _PARALLEL_MIN_BYTES:
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, progress: bool):
-    """-> (lexicon list[str], ids int32, line_offsets int64, replaced count).
+    """-> (lexicon list[str], ids int32, line_offsets int64, replaced count, SHA-256 of the bytes tokenized).
 
-    workers: processes for jieba (None: every core for files over 1 MiB, else 1)."""
+    workers: processes for jieba (None: rnnlm.data.pool.resolve_workers decides)."""
     _load_jieba()                              # load the dictionary once, before forking: workers share it
     size = path.stat().st_size
-    n_workers = _resolve_workers(workers, size)
+    n_workers = resolve_workers(workers, size, _PARALLEL_MIN_BYTES)
     stats = _ReadStats()
     bar = None
     if progress and size >= _PROGRESS_MIN_BYTES:
@@ -316,23 +331,18 @@ def tokenize_file(path: Path, settings: TokenizerSettings, workers: int | None, 
             log.info("no fork on this platform: tokenizing in one process")
     try:
         if ctx is not None:
-            with ctx.Pool(n_workers, initializer=_worker_init) as pool:
-                pending: deque = deque()       # bounded: the reader stays a few chunks ahead, no more
-                for texts, ends in chunks:
-                    pending.append((pool.apply_async(_tokenize_segments, (texts, settings.hmm)), ends))
-                    if len(pending) >= 2 * n_workers:
-                        res, e = pending.popleft()
-                        consume(res.get(), e)
-                while pending:
-                    res, e = pending.popleft()
-                    consume(res.get(), e)
+            tokenize_in_pool(ctx, n_workers, chunks, _tokenize_segments, settings.hmm, consume)
         else:
             for texts, ends in chunks:
                 consume(_tokenize_segments(texts, settings.hmm), ends)
     finally:
         if bar is not None:
             bar.close()
+    if stats.blind_cuts:
+        log.warning("%s: text running more than %d characters without a space or punctuation was cut %d time(s), "
+                    "every %d characters; jieba's words at those cuts may differ from what it gives for the whole "
+                    "line", path, _CHUNK_CHARS, stats.blind_cuts, _CHUNK_CHARS)
     ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
     id_parts.clear()
     line_offsets = np.concatenate(offset_parts).astype(np.int64, copy=False)
-    return list(index), ids, line_offsets, stats.replaced
+    return list(index), ids, line_offsets, stats.replaced, stats.sha256.hexdigest()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rnnlm.data.corpus import Corpus
+from rnnlm.data.words import join_words
 from rnnlm.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,11 @@ class Vocab:
         return [get(w, unk) for w in words]
 
     def decode(self, ids) -> str:
-        """Words joined without spaces (Chinese); <pad> is skipped."""
+        """The words as text (rnnlm.data.words.join_words: spaces only where words would merge); <pad> is
+        skipped."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        return "".join(self.itos[i] for i in ids if i != self.pad_id)
+        return join_words(self.itos[i] for i in ids if i != self.pad_id)
 
     def to_list(self) -> list[str]:
         return list(self.itos)

@@ -9,6 +9,7 @@ import logging
 from typing import Callable, Iterator
 
 from rnnlm.data import TokenizerSettings, Vocab, tokenize_text
+from rnnlm.data.words import join_words
 from rnnlm.errors import UsageError
 from rnnlm.inference.generation import EMPTY_PROMPT, stream_ids
 from rnnlm.model import WordRNN
@@ -54,7 +55,8 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
              temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
              num_samples: int = 1, seed: int | None = None, output_precision: str = "auto", allow_unk: bool = False,
              warn: Callable[[str], None] | None = None) -> list[str]:
-    """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
+    """num_samples texts: the prompt followed by `length` generated words, joined as the corpus writes words
+    (rnnlm.data.words.join_words: a space only where two words would merge).
 
     UsageError for an empty prompt or meaningless sampling settings.
     """
@@ -64,4 +66,4 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
                         allow_unk=allow_unk, warn=warn):
         for text, word in zip(texts, words):
             text.append(word)
-    return ["".join(text) for text in texts]
+    return [join_words(text) for text in texts]

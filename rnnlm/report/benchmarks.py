@@ -42,9 +42,24 @@ def read_text(path: str, expected: str) -> str:
 def read_json(path: str) -> Any:
     text = read_text(path, "pytest-benchmark JSON (--benchmark-json)")
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ValueError as err:
+        raise UsageError(f"{path}: not usable JSON ({err})") from None
+
+
+def parse_json(text: str) -> Any:
+    """json.loads; ValueError (not RecursionError) for nesting too deep to parse, and for integers with more digits
+    than Python converts (json.JSONDecodeError, a ValueError, for syntax)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as err:
+        if isinstance(err, json.JSONDecodeError):
+            raise
+        raise ValueError(" ".join(str(err).split(";")[0].split())) from None
 
 
 @dataclass
@@ -63,7 +78,24 @@ class Row:
 
 
 def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+    """x as a finite float; None for anything else (a string, NaN, infinity, an integer too large for a float)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sizes_checked(info: dict, problems: list[str], where: str) -> dict:
+    """info without the sizes (SIZE_NAMES) that are not positive integers a table or plot can use; each one
+    dropped is named in `problems` (the rest of the report goes on)."""
+    kept = dict(info)
+    for key in SIZE_NAMES:
+        if key in kept and not (type(kept[key]) is int and 0 < kept[key] < 2**40):
+            problems.append(f"{where}: extra_info[{key!r}] = {str(kept.pop(key))[:40]} is not a size; ignored")
+    return kept
 
 
 def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict]:
@@ -84,7 +116,8 @@ def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict
         if not isinstance(stats, dict) or _finite(stats.get("median", stats.get("mean"))) is None:
             bad += 1
             continue
-        info = b.get("extra_info") if isinstance(b.get("extra_info"), dict) else {}
+        info = _sizes_checked(b.get("extra_info") if isinstance(b.get("extra_info"), dict) else {}, problems,
+                              f"{source}: {b.get('name', '?')}")
         params = b.get("params") if isinstance(b.get("params"), dict) else {}
         backend = info.get("backend", params.get("backend"))
         backend = BACKEND_ALIASES.get(str(backend).lower()) if backend is not None else None
@@ -96,7 +129,7 @@ def parse_benchmarks(data: Any, source: str) -> tuple[list[Row], list[str], dict
         median = _finite(stats.get("median")) or _finite(stats.get("mean"))
         rows.append(Row(group=str(group), name=name, backend=backend, shape=str(shape) if shape is not None else "-",
                         variant=variant, median=median, mean=_finite(stats.get("mean")) or median,
-                        rounds=int(stats.get("rounds") or 0), info=info))
+                        rounds=int(_finite(stats.get("rounds")) or 0), info=info))
     if bad:
         problems.append(f"{source}: {bad} benchmark(s) without stats (median/mean) skipped")
     if not rows:

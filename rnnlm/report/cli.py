@@ -48,7 +48,7 @@ class ReportConfig:
 
 def _header(meta: dict, rows: list[Row], source: str) -> list[str]:
     out = []
-    mi = meta.get("machine_info") or {}
+    mi = meta.get("machine_info") if isinstance(meta.get("machine_info"), dict) else {}
     cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
     devices = sorted({str(r.info.get("device")) for r in rows if r.info.get("device")})
     versions = {k: sorted({str(r.info[k]) for r in rows if r.info.get(k)}) for k in ("torch", "triton")}
@@ -121,6 +121,13 @@ def build_report(cfg: ReportConfig) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--out {out}: cannot create the folder: {err}") from None
+    try:
+        return _write_report(cfg, out)
+    except OSError as err:  # the inputs were read before: an OSError here is writing report.md or a plot
+        raise UsageError(f"--out {out}: cannot write {err.filename or 'the report'}: {err.strerror or err}") from None
+
+
+def _write_report(cfg: ReportConfig, out: Path) -> int:
     data = read_json(cfg.bench) if cfg.bench else None  # bad files fail before anything is written
     if cfg.metrics:
         read_metrics(cfg.metrics)

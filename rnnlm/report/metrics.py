@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from rnnlm.errors import UsageError
-from rnnlm.report.benchmarks import _finite, read_text, warn
+from rnnlm.report.benchmarks import _finite, parse_json, read_text, warn
 from rnnlm.report.plots import plt
 
 def read_metrics(path: str) -> list[dict]:
@@ -15,12 +17,15 @@ def read_metrics(path: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError as err:
             if n == len(lines):
                 warn(f"{path}: last line {n} is truncated (a run stopped mid-write?); skipped")
                 continue
             raise UsageError(f"{path}: line {n} is not valid JSON ({err.msg})") from None
+        except ValueError as err:
+            warn(f"{path}: line {n} skipped: {err}")
+            continue
         if not isinstance(rec, dict):
             raise UsageError(f"{path}: line {n} is not a JSON object")
         records.append(rec)
@@ -82,7 +87,8 @@ def metrics_plot(records: list[dict], path: Path, title: str) -> None:
 
 def metrics_section(path: str, out: Path) -> str:
     records = read_metrics(path)
-    metrics_plot(records, out / "training.png", f"training run: {path}")
+    with np.errstate(over="ignore", invalid="ignore"):  # matplotlib's ticks for values near 1e308 overflow
+        metrics_plot(records, out / "training.png", f"training run: {path}")
     losses = [r for r in records if _finite(r.get("loss")) is not None]
     valids = [r for r in records if _finite(r.get("valid_ppl")) is not None]
     lines = [f"From `{path}` ({len(records)} lines)."]

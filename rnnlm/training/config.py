@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from rnnlm.backends import BACKEND_CHOICES
-from rnnlm.checks import positive_int, positive_number
+from rnnlm.checks import non_empty_path, positive_int, positive_number, seed
 from rnnlm.config import option
 from rnnlm.data import BATCHINGS, ENCODING_ERRORS
 from rnnlm.errors import UsageError
@@ -87,6 +87,8 @@ class TrainConfig:
     device: str | None = option(None, help="cpu or cuda (default: cuda when available)")
     out: str = option("runs/rnnlm", help="output folder: last.pt, best.pt, metrics.jsonl", metavar="DIR")
     resume: str | None = option(None, help="continue the run saved in DIR (its last.pt)", metavar="DIR")
+    overwrite: bool = option(False, help="train into an --out folder that is not empty: the run there (its "
+                                         "last.pt, best.pt and metrics.jsonl) is replaced")
     deterministic: bool = option(False, help=DETERMINISTIC_HELP)
     dist_timeout: float = option(300.0, help="under torchrun: seconds a process waits for the others in a "
                                              "collective before it stops with an error", metavar="SECONDS")
@@ -119,6 +121,12 @@ class TrainConfig:
             raise UsageError(f"{{clip}} must be a finite number >= 0 (0 turns clipping off), got {self.clip}",
                              params=("clip",))
         self.model_config(self.vocab_size).validate()
+        if self.dropout > 0 and self.num_layers == 1:
+            raise UsageError(f"{{dropout}} {self.dropout:g} does nothing with {{num_layers}} 1 (dropout is applied "
+                             f"between RNN layers): drop it or use 2 layers or more", params=("dropout", "num_layers"))
+        seed("seed", self.seed)
+        for name in ("out", "data", "resume"):
+            non_empty_path(name, getattr(self, name))
         if self.sample_length < 0:
             raise UsageError(f"{{sample_length}} must be >= 0, got {self.sample_length}", params=("sample_length",))
 

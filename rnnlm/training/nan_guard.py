@@ -6,8 +6,11 @@ to device tensors (no host read) and gets back `halted`, a 0-d float32 flag that
 step on; the optimizer turns that step, and every later one, into a no-op on the device (TrainStep: fused Adam's
 found_inf). check(), called by the trainer when it logs (before it evaluates or saves), reads the guard with one
 host read and raises NonFiniteError naming the first non-finite step, its loss and its gradient norm.
+A validation whose loss is NaN or infinite stops training before anything is saved (check_finite_validation).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -38,3 +41,10 @@ class NanGuard:
         halted, step, loss, norm = torch.cat((self.halted.to(torch.float64).view(1), self.first)).tolist()
         if halted:
             raise NonFiniteError(f"step {int(step)}: the loss is {loss:.4g} and the gradient norm {norm:.4g}")
+
+
+def check_finite_validation(mean_loss: float, step: int) -> None:
+    """NonFiniteError unless the validation loss measured after `step` is finite (an overflowing perplexity of a
+    finite loss is not an error: it is reported as inf)."""
+    if not math.isfinite(mean_loss):
+        raise NonFiniteError(f"the validation after step {step}: the mean loss is {mean_loss:.4g}")

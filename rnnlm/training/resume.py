@@ -9,12 +9,18 @@ options that only steer the run (--epochs, --max-steps, --time-budget, --eval-ev
 from __future__ import annotations
 
 import dataclasses
+import logging
+import numbers
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from rnnlm.errors import UsageError
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.run_dir import LAST
+
+log = logging.getLogger("rnnlm.train")
 
 # The corpus itself is compared by content hash, not by path.
 FIXED_ON_RESUME = ("hmm", "encoding_errors", "vocab_size", "min_freq", "init", "weight_decay", "batching", "seq_len", "batch_size", "embed_size",
@@ -28,6 +34,8 @@ LEGACY = {"lr_schedule": "constant", "warmup": 0, "weight_decay": 0.0, "init": "
 
 def resume_file(resume: str) -> Path:
     """The checkpoint to resume: `resume` itself when it is a file, else its last.pt."""
+    if not str(resume).strip():
+        raise UsageError("{resume} is empty: give the folder of the run to continue", params=("resume",))
     p = Path(resume)
     if p.is_file():
         return p
@@ -53,7 +61,7 @@ def resume_config(cfg: TrainConfig, explicit: set[str], payload: dict[str, Any])
                  for name in differ]
         raise UsageError(f"cannot resume {cfg.resume}: " + "; ".join(diffs), params=differ)
     merged = dataclasses.replace(base, **{k: getattr(cfg, k) for k in explicit if k in names})
-    merged.resume = cfg.resume
+    merged.resume, merged.overwrite = cfg.resume, cfg.overwrite  # what this invocation asks, never the saved run's
     if "out" not in explicit:
         path = Path(cfg.resume)
         merged.out = str(path.parent if path.is_file() else path)
@@ -92,3 +100,35 @@ def check_same_run(payload: dict[str, Any], corpus, settings, vocab, model_confi
         diffs.append("model shape differs (checkpoint vs now: " + ", ".join(parts) + ")")
     if diffs:
         raise UsageError("cannot resume: " + "; ".join(diffs))
+
+
+def check_resumable(payload: dict[str, Any], path) -> None:
+    """UsageError listing every field a resume needs that the checkpoint lacks or holds with the wrong type (a
+    checkpoint stripped for evaluation and generation, or edited); a missing optimizer state only warns: Adam
+    restarts from zero moments, and the run no longer matches an uninterrupted one."""
+    problems = []
+    for name, kind in (("step", int), ("epoch", int), ("data_state", dict), ("rng_state", dict)):
+        value = payload.get(name)
+        if value is None:
+            problems.append(f"it holds no {name}")
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            problems.append(f"its {name} is a {type(value).__name__}, not {'an' if kind is int else 'a'} "
+                            f"{kind.__name__}")
+        elif kind is int and value < 0:
+            problems.append(f"its {name} is negative ({value})")
+    optimizer = payload.get("optimizer_state")
+    if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+                                      and isinstance(optimizer.get("param_groups"), list)):
+        problems.append(f"its optimizer_state is a {type(optimizer).__name__}, not an optimizer state dict")
+    if payload.get("hidden") is not None and not isinstance(payload["hidden"], torch.Tensor):
+        problems.append(f"its hidden is a {type(payload['hidden']).__name__}, not a tensor")
+    for name in ("best_valid_ppl", "elapsed"):
+        value = payload.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            problems.append(f"its {name} is a {type(value).__name__}, not a number")
+    if problems:
+        raise UsageError(f"cannot resume from {path}: " + "; ".join(problems) + " (rnnlm.evaluate and rnnlm.generate "
+                         "can still read it; train a new run to continue from scratch)")
+    if optimizer is None:
+        log.warning("%s holds no optimizer state: Adam restarts from zero moments, so the resumed run will not match "
+                    "an uninterrupted one", path)

@@ -84,7 +84,12 @@ def build_model(cfg: TrainConfig, model_config: ModelConfig, backend: str, devic
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     if payload is not None:
         model.load_state_dict(payload["model_state"])
-        optimizer.load_state_dict(payload["optimizer_state"])
+        if payload.get("optimizer_state") is not None:  # None: restarted, as resume.check_resumable warned
+            try:
+                optimizer.load_state_dict(payload["optimizer_state"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise UsageError(f"cannot resume {cfg.resume}: its optimizer_state does not fit the model "
+                                 f"({' '.join(str(err).split())[:200]})") from None
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr
     return model, optimizer
@@ -98,13 +103,22 @@ def restore_progress(payload: dict[str, Any] | None, data: RunData, device: torc
         return Progress()
     data.batches.load_state_dict(payload["data_state"])
     hidden = payload.get("hidden")
+    shape = payload["model_config"]["num_layers"], data.batches.batch_size, payload["model_config"]["hidden_size"]
+    if hidden is not None and (not data.batches.carry_hidden or tuple(hidden.shape) != shape
+                               or not hidden.is_floating_point()):
+        raise UsageError(f"the checkpoint's carried hidden state is {hidden.dtype} {tuple(hidden.shape)}, which "
+                         f"does not fit this run ({shape} with stream batching, none with windows)")
     if hidden is not None and d.active:
         per = hidden.shape[1] // d.world_size
         hidden = hidden[:, d.rank * per:(d.rank + 1) * per].contiguous()
     progress = Progress(step=int(payload["step"]), epoch=int(payload["epoch"]),
                         hidden=None if hidden is None else hidden.to(device),
                         best=payload.get("best_valid_ppl") or math.inf,
-                        elapsed_before=float(payload.get("elapsed", 0.0)),
+                        elapsed_before=float(payload.get("elapsed") or 0.0),
                         lr_scale=float(payload.get("lr_scale", 1.0)), bad_evals=int(payload.get("bad_evals", 0)))
-    restore_rng_state(payload["rank_rng_states"][d.rank] if d.active else payload["rng_state"])
+    try:
+        restore_rng_state(payload["rank_rng_states"][d.rank] if d.active else payload["rng_state"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise UsageError(f"the checkpoint's rng_state is damaged ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:150]})") from None
     return progress

@@ -5,7 +5,7 @@ import signal
 import sys
 from typing import Any
 
-INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
+from rnnlm.errors import INTERRUPTED_EXIT  # noqa: F401  (re-exported: the CLIs import it from here)
 
 
 class StopSignal:

@@ -29,18 +29,20 @@ from tqdm import tqdm
 
 from rnnlm.backends import resolve_backend
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
-from rnnlm.data import oov_rate
+from rnnlm.data import oov_rate, tokenize_text
 from rnnlm.errors import UsageError
+from rnnlm.evaluation import EvalResult, describe_perplexity
 from rnnlm.inference.text import generate
+from rnnlm.memory import check_fits, training_bytes
 from rnnlm.model import resolve_device
 from rnnlm.training.config import TrainConfig
 from rnnlm.training.determinism import deterministic_mode
 from rnnlm.training.distributed import Distributed, check_world_size, session
 from rnnlm.training.metrics import TrainingWindow, perplexity
-from rnnlm.training.nan_guard import NonFiniteError
-from rnnlm.training.resume import check_same_run, resume_config, resume_file
+from rnnlm.training.nan_guard import NonFiniteError, check_finite_validation
+from rnnlm.training.resume import check_resumable, check_same_run, resume_config, resume_file
 from rnnlm.training.rng import capture_rng_state
-from rnnlm.training.run_dir import LAST, RunFolder
+from rnnlm.training.run_dir import LAST, METRICS, RunFolder
 from rnnlm.training.schedule import MIN_TIMED_STEPS, PLATEAU_FACTOR, estimate_total
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
 from rnnlm.training.signals import StopSignal
@@ -65,20 +67,54 @@ class TrainResult:
 def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     """Trains as cfg says. On resume (cfg.resume), the options in `explicit` override the checkpoint's
     (default: those that differ from TrainConfig's defaults)."""
-    payload = None
+    payload, source = None, None
     if cfg.resume is not None:
-        payload = load_checkpoint(resume_file(cfg.resume))
+        source = resume_file(cfg.resume)
         if explicit is None:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
-        cfg = resume_config(cfg, explicit, payload)
-    cfg.validate()
-    with session(resolve_device(cfg.device), cfg.dist_timeout) as d, \
-            deterministic_mode(cfg.deterministic, cfg.device):
-        if payload is not None:
-            check_world_size(payload, d, cfg.resume)
-        trainer = Trainer.build(cfg, payload, d)
-        result = trainer.loop()
-        return trainer.finish(result) if result.status == "finished" else result
+        folder = RunFolder(cfg.out if "out" in explicit else source.parent)
+    else:
+        cfg.validate()
+        folder = RunFolder(cfg.out)
+    with session(resolve_device(cfg.device), cfg.dist_timeout) as d:
+        # before the checkpoint is read: a run resumed in place reads what no other process writes (rank 0 holds
+        # the folder for all; a refusal there stops every rank)
+        _on_writer(d, folder.lock)
+        try:
+            if source is not None:
+                payload = load_checkpoint(source)
+                check_resumable(payload, source)
+                cfg = resume_config(cfg, explicit, payload)
+                check_world_size(payload, d, cfg.resume)
+            cfg.validate()
+            if source is None or not _same_folder(source.parent, folder.path):
+                _on_writer(d, lambda: folder.claim(cfg.overwrite))
+            with deterministic_mode(cfg.deterministic, cfg.device):
+                trainer = Trainer.build(cfg, payload, d, folder, history=None if source is None else source.parent)
+                result = trainer.loop()
+                return trainer.finish(result) if result.status == "finished" else result
+        finally:
+            if d.writer:
+                folder.unlock()
+
+
+def _on_writer(d: Distributed, action) -> None:
+    """action() on rank 0 only; its UsageError is raised on every rank (the others' is silent: rank 0 prints)."""
+    refused = None
+    if d.writer:
+        try:
+            action()
+        except UsageError as err:
+            refused = err
+    if d.from_writer(refused is not None):
+        raise refused if refused is not None else UsageError("rank 0 refused the run folder")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 class Trainer:
@@ -95,22 +131,38 @@ class Trainer:
         self.planned = self.horizon = cfg.epochs * len(data.batches)  # set by loop()
 
     @classmethod
-    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed()) -> Trainer:
-        folder = RunFolder(cfg.out)
-        if d.writer:
-            folder.prepare()
+    def build(cls, cfg: TrainConfig, payload: dict[str, Any] | None, d: Distributed = Distributed(),
+              folder: RunFolder | None = None, history: Path | None = None) -> Trainer:
+        """Everything a run needs; `folder` is locked and claimed by the caller (fit), `history` is the folder of
+        the checkpoint resumed, whose metrics.jsonl up to its step starts this run's."""
+        if folder is None:
+            folder = RunFolder(cfg.out)
+            if d.writer:
+                folder.prepare()
         device = d.device(resolve_device(cfg.device))
         backend = resolve_backend(cfg.backend, device)
         compute_dtype(cfg.precision, device)  # refuses bf16 on a GPU without it, before any work
         data = load_data(cfg, payload, d)
+        if cfg.sample_length > 0 and not tokenize_text(cfg.sample_prompt, data.settings):  # not after the training
+            raise UsageError("{sample_prompt} is empty (no words after tokenization): give at least one word, or "
+                             "{sample_length} 0 for no sample", params=("sample_prompt", "sample_length"))
         model_config = cfg.model_config(len(data.vocab))
+        check_fits(training_bytes(model_config, cfg.batch_size, cfg.seq_len), "training this model", device,
+                   params=("hidden_size", "embed_size", "vocab_size", "batch_size", "seq_len"))
         if payload is not None:
             check_same_run(payload, data.corpus, data.settings, data.vocab, model_config)
         model, optimizer = build_model(cfg, model_config, backend, device, payload)
         if payload is None:
             d.seed(cfg.seed)
-        trainer = cls(cfg, folder, data, model, optimizer, restore_progress(payload, data, device, d), device,
-                      resumed=payload is not None, dist=d)
+        progress = restore_progress(payload, data, device, d)
+        if payload is not None:
+            # best.pt is written before last.pt: a kill between them leaves a better best.pt than last.pt records
+            record = d.from_writer(folder.best_record() if d.writer else None)
+            progress.best = min(progress.best, record) if record is not None else progress.best
+        if d.writer:
+            folder.start_metrics(None if history is None else history / METRICS,
+                                 None if payload is None else progress.step)
+        trainer = cls(cfg, folder, data, model, optimizer, progress, device, resumed=payload is not None, dist=d)
         trainer.announce()
         return trainer
 
@@ -172,6 +224,10 @@ class Trainer:
         """Runs steps until one of the stop conditions; returns it."""
         cfg, p = self.cfg, self.progress
         deadline = None if cfg.time_budget is None else self.t_start + cfg.time_budget * 60
+        if cfg.max_steps is not None and p.step >= cfg.max_steps:
+            return f"nothing to train: the run is already at step {p.step}, at or past --max-steps {cfg.max_steps}"
+        if p.epoch >= cfg.epochs:
+            return f"nothing to train: the run has already finished {p.epoch} epochs (--epochs {cfg.epochs})"
         while p.epoch < cfg.epochs and (cfg.max_steps is None or p.step < cfg.max_steps):
             for x, y in self.data.batches:
                 self.train_step(x, y)
@@ -237,24 +293,28 @@ class Trainer:
             mean, rate = self.window.summary(self.dist)
             record.update(loss=mean, train_ppl=perplexity(mean), tokens_per_s=round(rate, 1),
                           lr=self.optimizer.param_groups[0]["lr"])
-            self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.1f}", tok_s=f"{rate:,.0f}",
+            self.bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.4g}", tok_s=f"{rate:,.0f}",
                                  refresh=False)
-            train_note = f"train loss {mean:.3f} (ppl {perplexity(mean):.1f}), {rate:,.0f} tokens/s; "
+            train_note = f"train loss {mean:.3f} (ppl {describe_perplexity(perplexity(mean), mean, 1)}), " \
+                         f"{rate:,.0f} tokens/s; "
         if evaluate:
-            ppl, improved = self.evaluate_and_save()
-            record["valid_ppl"] = ppl
+            valid, improved = self.evaluate_and_save()
+            record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
             note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
             where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
             oov = oov_rate(self.data.splits["valid"])
-            self.dist.say(f"{where}: {train_note}valid ppl {ppl:.2f} (OOV {oov:.1%}){note}", write=self.bar.write,
-                          file=sys.stdout)
+            self.dist.say(f"{where}: {train_note}valid ppl {describe_perplexity(valid.perplexity, valid.mean_nll)} "
+                          f"(OOV {oov:.1%}){note}", write=self.bar.write, file=sys.stdout)
         self.metrics.write(record)
         self.window.reset()
 
-    def evaluate_and_save(self) -> tuple[float, bool]:
-        """(validation perplexity, whether it is the best so far); saves best.pt if so, and last.pt."""
+    def evaluate_and_save(self) -> tuple[EvalResult, bool]:
+        """(the validation, whether its perplexity is the best so far); saves best.pt if so, then last.pt.
+        NonFiniteError, before anything is saved, when the validation loss is not finite."""
         p = self.progress
-        ppl = self.dist.evaluate(self.model, self.data.splits["valid"]).perplexity
+        valid = self.dist.evaluate(self.model, self.data.splits["valid"])
+        check_finite_validation(valid.mean_nll, p.step)
+        ppl = valid.perplexity
         self.last_eval_step = p.step
         improved = ppl < p.best
         p.bad_evals = 0 if improved else p.bad_evals + 1
@@ -264,7 +324,7 @@ class Trainer:
             p.best = ppl
             self.save(self.folder.best)
         self.save(self.folder.last)
-        return ppl, improved
+        return valid, improved
 
     def elapsed(self) -> float:
         """Seconds of training, across resumes."""
@@ -307,8 +367,8 @@ class Trainer:
             which = f"step {self.progress.step}"
         test = self.dist.evaluate(self.model, self.data.splits["test"])
         result.test_perplexity = test.perplexity
-        self.dist.say(f"test perplexity: {test.perplexity:.2f} ({which}; {test.n_targets:,} targets; "
-                      f"OOV {oov_rate(self.data.splits['test']):.1%})")
+        self.dist.say(f"test perplexity: {describe_perplexity(test.perplexity, test.mean_nll)} ({which}; "
+                      f"{test.n_targets:,} targets; OOV {oov_rate(self.data.splits['test']):.1%})")
         if self.cfg.sample_length > 0 and self.dist.writer:
             result.sample = generate(self.model, self.data.vocab, self.data.settings, self.cfg.sample_prompt,
                                      self.cfg.sample_length, temperature=0.8, seed=self.cfg.seed)[0]
