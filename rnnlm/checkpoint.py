@@ -204,11 +204,13 @@ def check_finite_weights(state: Any, path) -> None:
     model evaluates to NaN and generates noise, so it is never used."""
     if not isinstance(state, dict):
         return  # model_from_checkpoint says what is wrong with it
-    for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise UsageError(f"checkpoint {path} holds non-finite weights: {name} has {bad:,} NaN or infinite "
+    floats = [(name, t) for name, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not floats:
+        return
+    counts = torch.stack([(~torch.isfinite(t)).sum() for _, t in floats]).tolist()  # one read for all tensors
+    for (name, tensor), bad in zip(floats, counts):
+        if bad:
+            raise UsageError(f"checkpoint {path} holds non-finite weights: {name} has {bad:,} NaN or infinite "
                                  f"value(s) of {tensor.numel():,}; it cannot be used (an earlier checkpoint of the "
                                  f"run, such as best.pt, may be finite)")
 

@@ -23,7 +23,7 @@ from rnnlm.errors import UsageError, run_cli
 from rnnlm.evaluate import main as evaluate_main
 from rnnlm.generate import main as generate_main
 from rnnlm.evaluation import EvalResult
-from rnnlm.training import trainer
+from rnnlm.training import distributed, trainer
 
 from conftest import write_tiny_corpus
 from test_train import TINY, _cli_error, read_metrics, run_train
@@ -129,7 +129,7 @@ def test_overflowing_perplexity_is_inf_with_the_loss(tiny_corpus, tmp_path, caps
 
 
 def test_non_finite_validation_stops_before_saving(tiny_corpus, tmp_path, monkeypatch, capsys):
-    real = trainer.evaluate_tokens
+    real = distributed.evaluate_tokens  # the trainer evaluates through rnnlm.training.distributed
     calls = {"n": 0}
 
     def nan_at_second(model, tokens, *args, **kw):
@@ -139,7 +139,7 @@ def test_non_finite_validation_stops_before_saving(tiny_corpus, tmp_path, monkey
             result = EvalResult(math.nan, math.nan, result.n_targets)
         return result
 
-    monkeypatch.setattr(trainer, "evaluate_tokens", nan_at_second)
+    monkeypatch.setattr(distributed, "evaluate_tokens", nan_at_second)
     line = _cli_error(["--data", str(tiny_corpus), "--out", str(tmp_path / "r"), *TINY, "--max-steps", "6",
                        "--eval-every", "2"], capsys)
     assert "non-finite value at the validation after step 4: the mean loss is nan" in line

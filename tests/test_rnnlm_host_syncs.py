@@ -29,6 +29,7 @@ EVAL_SYNCS = 1    # per evaluation, whatever the number of windows
 TOKEN_SYNCS = 0   # per generated token, both backends
 SAVE_SYNCS = 1    # per checkpoint written, stream batching: its carried hidden state to the host
 OOV_READS = 1     # per OOV rate printed (validation, test): a count over the split, which lives on the CPU
+LOAD_READS = 1    # per checkpoint loaded (best.pt, for the test perplexity): its weights checked finite at once
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,9 +82,9 @@ def test_a_training_run_reads_the_same_whatever_its_number_of_steps(backend, tin
             assert rnnlm.fit(cfg).status == "finished"
         calls[steps] = sorted(syncs.calls)
     # one log line (the guard, the window's loss), two evaluations (validation, test), two checkpoints (last.pt,
-    # best.pt), two OOV rates
+    # best.pt), two OOV rates, best.pt loaded back
     assert calls[6] == calls[2], (calls[2], calls[6])
-    assert len(calls[2]) == CHECK_SYNCS + 1 + 2 * EVAL_SYNCS + 2 * SAVE_SYNCS + 2 * OOV_READS, calls[2]
+    assert len(calls[2]) == CHECK_SYNCS + 1 + 2 * EVAL_SYNCS + 2 * SAVE_SYNCS + 2 * OOV_READS + LOAD_READS, calls[2]
 
 
 def _poison_bias(model, value=float("nan")):
