@@ -14,7 +14,7 @@ log = logging.getLogger("rnnlm.generate")
 
 def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: str, length: int, *,
              temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
-             num_samples: int = 1, seed: int | None = None, output_precision: str = "auto",
+             num_samples: int = 1, seed: int | None = None, output_precision: str = "auto", threads: int | None = None,
              warn: Callable[[str], None] | None = None) -> list[str]:
     """num_samples texts: the prompt followed by `length` generated words, joined without spaces.
 
@@ -31,5 +31,6 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
                    f"(which it saw for every rare word in training)")
         (warn or log.warning)(message)
     generated = generate_ids(model, ids, length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p,
-                             num_samples=num_samples, seed=seed, output_precision=output_precision)
+                             num_samples=num_samples, seed=seed, output_precision=output_precision,
+                             threads=threads)
     return [prompt + vocab.decode(row) for row in generated.tolist()]

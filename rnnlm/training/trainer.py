@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from rnnlm.backends import resolve_backend
@@ -35,7 +36,9 @@ from rnnlm.training.rng import capture_rng_state
 from rnnlm.training.run_dir import LAST, RunFolder
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
 from rnnlm.training.signals import StopSignal
+from rnnlm.training.speed import choose_training_speed
 from rnnlm.training.step import TrainStep, compute_dtype
+from rnnlm.tuning import torch_threads
 
 INTERRUPTED = "interrupted"
 
@@ -63,7 +66,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
         cfg = resume_config(cfg, explicit, payload)
     cfg.validate()
-    with deterministic_mode(cfg.deterministic):
+    with deterministic_mode(cfg.deterministic), torch_threads(None):  # threads as they were afterwards
         trainer = Trainer.build(cfg, payload)
         result = trainer.loop()
         return trainer.finish(result) if result.status == "finished" else result
@@ -74,7 +77,12 @@ class Trainer:
                  device, resumed: bool):
         self.cfg, self.folder, self.data, self.device = cfg, folder, data, device
         self.model, self.optimizer, self.progress = model, optimizer, progress
-        self.step_fn = TrainStep(model, optimizer, clip=cfg.clip, precision=cfg.precision, device=device)
+        self.precision, threads = choose_training_speed(model, cfg.precision, batch_size=cfg.batch_size,
+                                                        seq_len=cfg.seq_len, threads=cfg.threads,
+                                                        force_bf16=cfg.force_bf16, device=device)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.step_fn = TrainStep(model, optimizer, clip=cfg.clip, precision=self.precision, device=device)
         self.window = TrainingWindow(device)
         self.last_eval_step = progress.step if resumed else -1
         self.t_start = time.perf_counter()
@@ -103,7 +111,7 @@ class Trainer:
               f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
               f"{splits['test'].numel():,} tokens")
         print(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
-              f"{self.device}, precision {self.cfg.precision}, {self.cfg.batching} batching, {len(batches)} steps "
+              f"{self.device}, precision {self.precision}, {torch.get_num_threads()} CPU threads, {self.cfg.batching} batching, {len(batches)} steps "
               f"per epoch")
         if self.last_eval_step >= 0:
             p = self.progress
