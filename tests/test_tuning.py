@@ -56,7 +56,7 @@ def test_choice_follows_the_timings_and_is_logged(timings, caplog):
     with caplog.at_level(logging.INFO, logger="rnnlm.tuning"):
         choice = tuning.choose("task", (3, 4), {"a": work, "b": work}, default="a")
     assert (choice.picked, choice.how, choice.seconds) == ("b", "measured", {"a": 2e-3, "b": 1e-3})
-    assert "task: b (measured; b 1 ms, a 2 ms)" in caplog.text
+    assert "task: b (measured; b 1 ms, a 2 ms; load average" in caplog.text
     timings.update(a=1e-3, b=2e-3)
     assert tuning.choose("task", (3, 9), {"a": work, "b": work}, default="a").picked == "a"  # follows the figures
     assert timings.calls == [["a", "b"], ["a", "b"]]
