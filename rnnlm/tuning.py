@@ -172,13 +172,13 @@ def choose(task: str, shape: tuple, candidates: Mapping[str, Callable[[], object
                               load=load if isinstance(load, (int, float)) else None))
     seconds = time_candidates(candidates, budget_s)
     picked = min(seconds, key=seconds.get)
-    load = _load_average()
+    load = load_average()
     _write_cache(key, {"picked": picked, "seconds": seconds, "load": load,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     return _logged(Choice(task, picked, seconds, load=load))
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     try:
         return os.getloadavg()[0]
     except (OSError, AttributeError):

@@ -60,23 +60,30 @@ def _use_onednn(h: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when oneDNN's linear gives the right answer for h's dtype (probed once) and runs the three products
     of h (N, H) and weight (V, H) faster than torch's matmul on this machine (timed once per shape and threads)."""
     dtype = h.dtype
-    if h.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if dtype not in _ONEDNN_OK:
-        _ONEDNN_OK[dtype] = _onednn_gives_right_answers(dtype)
-    if not _ONEDNN_OK[dtype]:
+    if h.device.type != "cpu" or "onednn" not in libraries(dtype):
         return False
     shape = (str(dtype).removeprefix("torch."), min(h.shape[0], TIMED_ROWS), *weight.shape[::-1])
     key = (*shape, torch.get_num_threads())
     if key not in _LIBRARY:
-        candidates = {name: _timed_products(shape[1:], dtype, onednn) for name, onednn in
-                      (("onednn", True), ("matmul", False))}
+        candidates = {name: timed_products(shape[1:], dtype, name) for name in ("onednn", "matmul")}
         _LIBRARY[key] = tuning.choose(TASK, shape, candidates, default="onednn").picked == "onednn"
     return _LIBRARY[key]
 
 
-def _timed_products(shape: tuple[int, int, int], dtype: torch.dtype, onednn: bool):
-    """The op's three products at (rows, H, V) on one library, as a callable (operands made on the first call)."""
+def libraries(dtype: torch.dtype) -> list[str]:
+    """The libraries that run the three products right on this CPU for dtype: "matmul" (torch's), and "onednn"
+    where its linear is available and gives the right answers for these layouts (probed once)."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        return ["matmul"]
+    if dtype not in _ONEDNN_OK:
+        _ONEDNN_OK[dtype] = _onednn_gives_right_answers(dtype)
+    return ["matmul", "onednn"] if _ONEDNN_OK[dtype] else ["matmul"]
+
+
+def timed_products(shape: tuple[int, int, int], dtype: torch.dtype, library: str):
+    """The op's three products at (rows, H, V) on `library` (see libraries), as a callable for timing (operands
+    made on the first call)."""
+    onednn = library == "onednn"
     operands: list = []
 
     def products() -> None:
