@@ -169,11 +169,15 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
             by[k] = {}
         by[k][r.backend] = r
     extra_units = [u for u in ("gb_per_s", "tflops_per_s") if any(_finite(r.info.get(u)) for r in rows)]
+    ceilings = [b for b in ("cudnn", "triton") if any(_finite(r.info.get("ceiling_tokens_per_s")) is not None
+                                                       for r in rows if r.backend == b)]
     head = ["shape", "sizes", "cudnn (median)", "triton (median)", "triton speed-up", "cudnn tokens/s",
             "triton tokens/s"]
     unit_names = {"gb_per_s": "GB/s", "tflops_per_s": "TFLOP/s"}
     for u in extra_units:
         head += [f"cudnn {unit_names[u]}", f"triton {unit_names[u]}"]
+    for b in ceilings:
+        head += [f"{b} ceiling tokens/s", f"{b} fraction of ceiling"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in keys:
         c, t = by[k].get("cudnn"), by[k].get("triton")
@@ -186,6 +190,11 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
         for u in extra_units:
             cells += [f"{c.info[u]:.3g}" if c and _finite(c.info.get(u)) is not None else "–",
                       f"{t.info[u]:.3g}" if t and _finite(t.info.get(u)) is not None else "–"]
+        for b in ceilings:
+            r = by[k].get(b)
+            ceiling = _finite(r.info.get("ceiling_tokens_per_s")) if r else None
+            rate = tokens_per_s(r) if r else None
+            cells += [_rate(ceiling) if ceiling else "–", f"{rate / ceiling:.0%}" if ceiling and rate else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for backend in ("cudnn", "triton"):
