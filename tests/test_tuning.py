@@ -283,3 +283,40 @@ def test_output_layer_library_follows_the_timings(timings, monkeypatch, winner):
         return
     loss = lce.linear_cross_entropy(h, w, None, y)
     torch.testing.assert_close(loss, lce.linear_cross_entropy_reference(h, w, None, y), rtol=1e-5, atol=1e-5)
+
+
+# -- the command lines -------------------------------------------------------------------------------------------
+
+def test_train_cli_runs_fp32_where_bf16_is_slower(timings, tiny_corpus, tmp_path, capsys, caplog):
+    from rnnlm import train
+    from rnnlm.checkpoint import load_checkpoint
+
+    timings.update({"bf16@1": 3e-3, "fp32@1": 2e-3})
+    args = ["--data", str(tiny_corpus), "--out", str(tmp_path / "run"), "--embed-size", "8", "--hidden-size", "8",
+            "--seq-len", "4", "--batch-size", "2", "--no-progress", "--sample-length", "0", "--max-steps", "2",
+            "--eval-every", "2", "--threads", "1"]
+    with caplog.at_level(logging.WARNING, logger="rnnlm.training"):
+        assert train.main([*args, "--precision", "bf16"]) == 0
+    assert "precision fp32, 1 CPU threads" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if "slower than fp32" in r.getMessage()]
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]
+    assert saved["precision"] == "bf16" and saved["threads"] == 1   # what was asked: a resume asks again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rnnlm.training"):
+        assert train.main([*args, "--precision", "bf16", "--force-bf16", "--out", str(tmp_path / "forced")]) == 0
+    assert "precision bf16, 1 CPU threads" in capsys.readouterr().out
+    assert not [r for r in caplog.records if "slower" in r.getMessage()]
+
+
+@pytest.mark.parametrize("cli", ["train", "generate"])
+def test_threads_must_be_positive(cli, tmp_path, capsys):
+    from rnnlm import generate, train
+    from rnnlm.errors import run_cli
+
+    main = {"train": train.main, "generate": generate.main}[cli]
+    argv = ["--threads", "0"] + ([str(tmp_path / "none.pt")] if cli == "generate" else [])
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, f"rnnlm.{cli}", argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--threads" in err

@@ -51,16 +51,14 @@ def choose_training_speed(model, precision: str, *, batch_size: int, seq_len: in
         choice = tuning.choose(TASK, shape, candidates, default=default)
     picked, n = choice.picked.split("@")
     if precision == "bf16" and picked == "fp32":
-        log.warning("precision: bf16 is slower than fp32 on this machine (%s); running fp32 "
-                    "(--force-bf16 runs bf16 anyway)", _compare(choice.seconds))
+        why = f"bf16 is slower than fp32 on this machine ({_compare(choice.seconds)})" if choice.seconds else \
+            f"fp32 is {choice.how} (RNNLM_TUNE / RNNLM_TUNING)"
+        log.warning("precision: %s; running fp32 (--force-bf16 runs bf16 anyway)", why)
     return picked, None if n == "None" else int(n)
 
 
 def _compare(seconds: dict[str, float]) -> str:
-    best = {p: min((s for name, s in seconds.items() if name.startswith(p + "@")), default=None)
-            for p in ("bf16", "fp32")}
-    if None in best.values():
-        return "timed earlier"
+    best = {p: min(s for name, s in seconds.items() if name.startswith(p + "@")) for p in ("bf16", "fp32")}
     return f"{best['bf16'] * 1e3:.3g} ms against {best['fp32'] * 1e3:.3g} ms per timed batch"
 
 
