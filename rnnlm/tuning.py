@@ -205,12 +205,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def thread_candidates(requested: int | None = None) -> list[int]:
-    """Thread counts worth timing: `requested` alone, else 1, the CPUs this process may use, the powers of two
-    between."""
+    """Thread counts worth timing: `requested` alone, else 1, torch's present count, the CPUs this process may use
+    and the powers of two between."""
     if requested is not None:
         return [requested]
     most = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    counts = {1, most}
+    counts = {1, most, torch.get_num_threads()}
     n = 2
     while n < most:
         counts.add(n)

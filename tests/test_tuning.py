@@ -320,3 +320,14 @@ def test_threads_must_be_positive(cli, tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--threads" in err
+
+
+def test_untimed_choices_keep_the_threads_and_the_request(monkeypatch):
+    """RNNLM_TUNING=off (as in the rest of the test suite): the request as given, threads as they are."""
+    monkeypatch.setenv("RNNLM_TUNING", "off")
+    model = tiny_model()
+    now = torch.get_num_threads()
+    assert gen_choice(model, threads=None) == ("fp16", now)
+    assert gen_choice(model, "int8", threads=None) == ("int8", now)
+    assert training_choice(model, "bf16", threads=None) == ("bf16", now)
+    assert training_choice(model, "auto", threads=None) == ("fp32", now)

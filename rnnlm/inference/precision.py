@@ -66,7 +66,8 @@ def choose_generation_step(model, hidden: torch.Tensor, sampling: Sampling, requ
     num_samples = hidden.shape[1]
     precisions = output_precision_candidates(requested, sampling, device=device, num_samples=num_samples)
     counts = tuning.thread_candidates(threads) if device.type == "cpu" else [threads]
-    default = f"{choose_output_precision(requested, sampling, device=device, num_samples=num_samples)}@{counts[-1]}"
+    now = torch.get_num_threads() if threads is None else threads  # untimed: threads as they are
+    default = f"{choose_output_precision(requested, sampling, device=device, num_samples=num_samples)}@{now}"
     candidates = {f"{p}@{n}": _timed_step(model, hidden, sampling, p, n) for p in precisions for n in counts}
     if len(candidates) == 1 or not model.backend.timed:
         return default.split("@")[0], threads

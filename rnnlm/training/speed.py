@@ -46,7 +46,8 @@ def choose_training_speed(model, precision: str, *, batch_size: int, seq_len: in
     cfg = model.config
     shape = (batch_size, seq_len, cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers,
              cfg.nonlinearity, model.backend.name)
-    default = f"{'fp32' if precision == 'auto' else precisions[0]}@{counts[-1]}"
+    now = torch.get_num_threads() if threads is None else threads  # untimed: threads as they are
+    default = f"{'fp32' if precision == 'auto' else precisions[0]}@{now}"
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         choice = tuning.choose(TASK, shape, candidates, default=default)
     picked, n = choice.picked.split("@")
