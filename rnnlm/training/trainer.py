@@ -111,8 +111,8 @@ class Trainer:
               f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
               f"{splits['test'].numel():,} tokens")
         print(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
-              f"{self.device}, precision {self.precision}, {torch.get_num_threads()} CPU threads, {self.cfg.batching} batching, {len(batches)} steps "
-              f"per epoch")
+              f"{self.device}, precision {self.precision}, {torch.get_num_threads()} CPU threads, "
+              f"{self.cfg.batching} batching, {len(batches)} steps per epoch")
         if self.last_eval_step >= 0:
             p = self.progress
             print(f"resuming {self.cfg.resume} at step {p.step} (epoch {p.epoch + 1}, batch {batches.position} of "
