@@ -5,7 +5,8 @@ outside the timing and records the same `extra_info` keys for `rnnlm.report`:
 
     backend, shape, batch_size, seq_len, embed_size, hidden_size, num_layers, vocab_size,
     tokens_per_round, tokens_per_s, [tflops_per_s], [gb_per_s], precision, [cudnn_algorithm],
-    [recurrence_path, recurrence_choice], device, torch, triton, triton_interpreted, threads, timer
+    [recurrence_path, recurrence_choice], device, torch, triton, triton_interpreted, threads, timer,
+    [ceiling_tokens_per_s]
 
 On CUDA each round is timed with CUDA events after an untimed L2 flush (benchmarks/cuda_bench.py: the standard
 method, as triton.testing.do_bench), and pytest-benchmark's statistics are over those event times; on the CPU it is
@@ -16,6 +17,9 @@ Rates are computed from the median round (the machine is shared and noisy; the m
 `make bench` saves every run (pytest-benchmark's --benchmark-autosave, in .benchmarks/) and `make bench-compare`
 compares the last two, so that a regression shows.
 The data-pipeline rows do not depend on the backend: their backend is "n/a" and they carry no precision.
+`ceiling_tokens_per_s` (torch rows of the training step and of one-sample generation on a CPU): what the
+machine's GEMM throughput or read bandwidth, measured in the same session at that shape, allows for the
+precision that ran (rnnlm.report.ceilings; `tools.ceilings(shape)`).
 
 On a machine without a GPU the Triton kernels run in Triton's interpreter, which costs a fixed amount per
 Triton operation and says nothing about kernel speed: triton rows then run only at the small shape, and the
@@ -27,6 +31,7 @@ fixed H and against H at a fixed B.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass, replace
@@ -260,6 +265,16 @@ def rnn_flops(shape: Shape, *, backward: bool) -> float:
     return per_token * shape.tokens * (3 if backward else 1)
 
 
+@functools.lru_cache(maxsize=None)
+def machine_ceilings(shape: Shape) -> dict:
+    """The machine's ceilings at this shape (rnnlm.report.ceilings), measured once per session and shape."""
+    from rnnlm.report.ceilings import measure_ceilings
+
+    return measure_ceilings(batch_size=shape.batch_size, seq_len=shape.seq_len, vocab_size=shape.vocab_size,
+                            embed_size=shape.embed_size, hidden_size=shape.hidden_size,
+                            num_layers=shape.num_layers)
+
+
 # -- corpus and cache ----------------------------------------------------------------------------------------
 
 def _load_tiny_corpus_writer() -> Callable:
@@ -304,4 +319,5 @@ def tools():
     return SimpleNamespace(device=DEVICE, shapes=SHAPES, interpreted=INTERPRETED, sync=sync,
                            import_op=import_op, rnn_flops=rnn_flops, corpus_file=corpus_file,
                            skip_unless_runnable=skip_unless_runnable, precision_label=precision_label,
-                           cudnn_algorithm=cudnn_algorithm, recurrence_path_info=recurrence_path_info)
+                           cudnn_algorithm=cudnn_algorithm, recurrence_path_info=recurrence_path_info,
+                           ceilings=machine_ceilings)

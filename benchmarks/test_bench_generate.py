@@ -35,5 +35,15 @@ def test_generate(run_bench, model_case, tools, num_samples, benchmark):
     def step():
         return generate_ids(model, prompt, length, temperature=TEMPERATURE, num_samples=num_samples, seed=0)
 
+    extra = {"output_precision": "auto (rnnlm.generate's default)"}
+    if tools.device.type == "cpu" and backend == "cudnn" and num_samples == 1:  # bandwidth-bound: one ceiling
+        from rnnlm import tuning
+        from rnnlm.inference.precision import TASK
+
+        step()  # settles the choice of output precision and threads (timed once, then cached)
+        choice = tuning.last_choices.get(TASK)
+        precision = choice.picked.split("@")[0] if choice else "fp32"
+        extra.update(output_precision=f"auto: {precision}",
+                     ceiling_tokens_per_s=tools.ceilings(shape)["generate_tokens_per_s"][precision])
     run_bench(step, backend=backend, shape=shape, tokens=length * num_samples, num_samples=num_samples,
-              length=length, output_precision="auto (rnnlm.generate's default)")
+              length=length, **extra)

@@ -51,7 +51,8 @@ class LanguageModel:
 
     def generate(self, prompt: str = "我们", length: int = 50, *, num_samples: int = 1, temperature: float = 0.8,
                  greedy: bool = False, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 output_precision: str = "auto", allow_unk: bool = False) -> str | list[str]:
+                 output_precision: str = "auto", allow_unk: bool = False,
+                 threads: int | None = None) -> str | list[str]:
         """The prompt followed by `length` generated words: a str, or a list of num_samples of them when > 1.
 
         The sampling settings are rnnlm.inference.generation.generate's; the same seed gives the same text.
@@ -59,7 +60,7 @@ class LanguageModel:
         """
         texts = generate(self.model, self.vocab, self.settings, prompt, length, temperature=temperature,
                          greedy=greedy, top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
-                         output_precision=output_precision, allow_unk=allow_unk)
+                         output_precision=output_precision, allow_unk=allow_unk, threads=threads)
         return texts[0] if num_samples == 1 else texts
 
     def perplexity(self, text: str, batch_size: int = 1) -> float:

@@ -84,6 +84,7 @@ class Backend(Protocol):
     """What each backend provides. Shapes: B batch, T time, E embed, H hidden, L layers, V vocabulary, N samples."""
 
     name: str
+    timed: bool  # whether rnnlm times candidate speed settings for it (rnnlm.tuning)
 
     def describe(self, device: torch.device) -> str:
         """Which library runs the model on `device`, for the user (e.g. "torch (nn.RNN on ATen, CPU)")."""
@@ -117,6 +118,7 @@ class Backend(Protocol):
 
 class TorchBackend(Backend):
     name = "torch"
+    timed = True  # its speed settings are timed on the machine (rnnlm.tuning: threads, precisions)
 
     def describe(self, device: torch.device) -> str:
         if device.type == "cuda" and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
@@ -152,6 +154,7 @@ class TorchBackend(Backend):
 
 class TritonBackend(Backend):
     name = "triton"
+    timed = False  # nothing timed: on a CPU it runs in Triton's interpreter, too slow to time
 
     def __init__(self):
         try:

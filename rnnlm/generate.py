@@ -1,5 +1,5 @@
 """`python -m rnnlm.generate CKPT --prompt 你好 --length 200 --temperature 0.8 [--greedy] [--top-k K] [--top-p P]
-[--num-samples N] [--seed S] [--allow-unk] [--output-precision auto|fp32|fp16|int8] [--backend B] [--device D]`:
+[--num-samples N] [--seed S] [--allow-unk] [--output-precision auto|fp32|fp16|int8] [--threads N] [--backend B] [--device D]`:
 text from a checkpoint (rnnlm.inference.generation), written word by word as it is drawn (flushed per word on a
 terminal; a pipe gets whole lines). `--top-words N [--temperatures 0.5,1,2] [--plot next.png]` prints the N most
 likely next words after the prompt with their probabilities instead (rnnlm.inference.distribution)."""
@@ -49,13 +49,18 @@ class GenerateConfig(CheckpointOptions):
                                    help="output layer weights per step on the torch backend: fp32 (exact), fp16 "
                                         "(fbgemm, CPU: half the memory traffic per word, logits within ~1e-3), "
                                         "int8 (CPU: a quarter of the traffic, draws still exact by rejection "
-                                        "sampling; plain temperature sampling only), auto (int8 for one sample on "
-                                        "a CPU at temperature >= 0.5 without --top-k/--top-p from a large output "
-                                        "layer, else fp16; fp32 for --greedy)")
+                                        "sampling; one sample at temperature >= 0.5 without --top-k/--top-p), "
+                                        "auto (whichever of those the settings allow runs fastest on this CPU, "
+                                        "timed once and cached; fp32 for --greedy and on a GPU)")
+    threads: int | None = option(None, help="torch CPU threads while generating (default: timed with the "
+                                            "output precision, once per machine; on a few cores one thread can "
+                                            "beat several for a mat-vec)", metavar="N")
 
     def validate(self) -> None:
         positive_int("length", self.length)
         positive_int("num_samples", self.num_samples)
+        if self.threads is not None:
+            positive_int("threads", self.threads)
         check_sampling(self.temperature, self.greedy, self.top_k, self.top_p)
         if self.top_words < 0:
             raise UsageError(f"{{top_words}} must be >= 0, got {self.top_words}", params=("top_words",))
@@ -89,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     words = stream(lm.model, lm.vocab, lm.settings, cfg.prompt, cfg.length, temperature=cfg.temperature,
                    greedy=cfg.greedy, top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed,
-                   output_precision=cfg.output_precision, allow_unk=cfg.allow_unk,
+                   output_precision=cfg.output_precision, allow_unk=cfg.allow_unk, threads=cfg.threads,
                    warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr))
     write_samples(words, cfg.prompt, cfg.num_samples, sys.stdout)
     return 0

@@ -68,9 +68,11 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Token-id caches go to a fresh folder, so tests never see a cache from an earlier run."""
+    """Token-id caches go to a fresh folder, so tests never see a cache from an earlier run; nothing is timed to
+    choose a speed setting (rnnlm.tuning: each takes its default), so that no test depends on which one wins."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RNNLM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("RNNLM_TUNING", "off")
     yield
     mp.undo()
 

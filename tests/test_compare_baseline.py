@@ -33,8 +33,8 @@ def test_compare_baseline_writes_every_row(tiny_corpus, tmp_path):
     table = json.loads(out.read_text(encoding="utf-8"))
     rows = {r["metric"]: r for r in table["rows"]}
     assert set(rows) == {"tokenize (first run) s", "tokenize (cached) s", "train fp32 tokens/s",
-                         "train bf16 tokens/s", "valid ppl @6 bf16 vs fp32", "valid ppl @6 fp32 seed 1 vs 0",
-                         "generate tokens/s"}
+                         "train bf16 tokens/s", "train bf16 vs fp32 tokens/s", "valid ppl @6 bf16 vs fp32",
+                         "valid ppl @6 fp32 seed 1 vs 0", "generate tokens/s"}
     for name in ("tokenize (first run) s", "train fp32 tokens/s", "train bf16 tokens/s", "generate tokens/s"):
         assert math.isfinite(rows[name]["ratio"]) and rows[name]["ratio"] > 0, rows[name]
         assert rows[name]["ratio"] == pytest.approx(
@@ -46,8 +46,22 @@ def test_compare_baseline_writes_every_row(tiny_corpus, tmp_path):
     drift = abs(ours["train_bf16"]["valid_ppl"] / ours["train_fp32"]["valid_ppl"] - 1)
     assert rows["valid ppl @6 bf16 vs fp32"]["pass"] is (drift <= 0.02)
     assert rows["valid ppl @6 fp32 seed 1 vs 0"]["pass"] is None         # context, not a check
-    for line in ("tokenize (first run) s", "train bf16 tokens/s", "generate tokens/s"):
+    for line in ("tokenize (first run) s", "train bf16 tokens/s", "generate tokens/s", "ceilings, measured"):
         assert line in done.stdout
+    # the ceilings: ours against the machine's own, for the precision that ran, with the tutorial's ratio
+    ceilings, speeds = table["ceilings"], {r["metric"].split(" (")[0]: r for r in table["ceiling_rows"]}
+    assert set(speeds) == {"train fp32", "train bf16", "generate"}
+    assert all(ceilings["gemm"][p]["flop_per_s"] > 0 for p in ("fp32", "bf16"))
+    assert ceilings["bandwidth"]["bytes_per_s"] > 0
+    ran = {"train fp32": ours["train_fp32"]["precision_ran"], "train bf16": ours["train_bf16"]["precision_ran"],
+           "generate": ours["generate"]["output_precision"]}
+    assert ran["train fp32"] == "fp32" and ran["train bf16"] in ("fp32", "bf16")
+    for name, r in speeds.items():
+        kind = "generate_tokens_per_s" if name == "generate" else "train_tokens_per_s"
+        assert r["metric"] == f"{name} (ran {ran[name]})"
+        assert r["ceiling"] == pytest.approx(ceilings[kind][ran[name]])
+        assert r["fraction"] == pytest.approx(r["ours"] / r["ceiling"])
+        assert r["vs_tutorial"] == pytest.approx(rows[f"{name} tokens/s"]["ratio"])
 
 
 def test_compare_baseline_missing_baseline_is_one_line(tmp_path):

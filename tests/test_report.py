@@ -368,3 +368,17 @@ def test_compile_table_from_json(tmp_path):
     assert "## Compile report (sm_80, sm_90)" in md and "`kernels.sample`: missing" in md
     assert ("| _rnn_fwd_kernel | fwd_tf32 | sm_90 | 4/1 | 96 | 0 B | 0 B / 0 B | 64.0 KB (227.0 KB) "
             "| wgmma m64n64k8 f32.tf32.tf32 ×8 | mma/wgmma | yes |") in md
+
+
+def test_ceiling_columns_show_our_fraction_of_the_machine():
+    """Rows that carry ceiling_tokens_per_s (the torch backend's training step and generation on a CPU) get the
+    ceiling and the fraction of it that ran; a group without them gets no such columns."""
+    rows = [bench_entry("training step (fp32)", "cudnn", "default", 0.010, ceiling_tokens_per_s=6400.0),
+            bench_entry("training step (fp32)", "triton", "default", 0.400)]
+    parsed, problems, _ = rep.parse_benchmarks(bench_file(rows), "bench.json")
+    table, _ = rep.benchmarks.group_table(parsed)
+    head, _, line = table.splitlines()
+    assert head.endswith("| cudnn ceiling tokens/s | cudnn fraction of ceiling |")
+    assert line.endswith("| 6.4k | 50% |")  # 32 tokens in 10 ms = 3,200 tokens/s of 6,400
+    plain, _ = rep.benchmarks.group_table(rep.parse_benchmarks(bench_json(), "bench.json")[0][:4])
+    assert "ceiling" not in plain

@@ -1,42 +1,97 @@
-"""Which copy of the output layer's weights a generation step reads: the one function that decides it.
+"""Which copy of the output layer's weights a generation step reads, and on how many threads: decided here.
 
 A generation step of the default model is dominated by the output layer, a (V × H) matrix times one vector:
-its cost is memory traffic, so a smaller copy of W is faster wherever the draw allows it (torch backend only):
+its cost is memory traffic, so a smaller copy of W is faster wherever the machine's kernels for it are (torch
+backend only):
 
 - "fp32": exact logits;
 - "fp16": an fbgemm-packed copy (CPU), half the bytes, logits within about 1e-3 of fp32;
 - "int8": an int8 copy (CPU), a quarter of the bytes, and still exact draws from the fp32 softmax through
-  rejection sampling (rnnlm.inference.int8_envelope); plain temperature sampling only;
-- "auto": int8 for one sample on a CPU without top-k / top-p, at a temperature of at least
-  INT8_MIN_TEMPERATURE (below it too many proposals are rejected), from an output layer of at least
-  INT8_MIN_OUTPUT_WEIGHTS entries (smaller layers are faster in fp16; measured crossover in docs/measurements.md);
-  else fp16 on a CPU; fp32 on a GPU and for greedy decoding, whose argmax must be the model's own.
+  rejection sampling (rnnlm.inference.int8_envelope); plain temperature sampling of one sample only, at a
+  temperature of at least INT8_MIN_TEMPERATURE (below it too many proposals are rejected: a property of the
+  envelope's bound, not of the machine; docs/measurements.md);
+- "auto": whichever of those the draw allows runs a step fastest on this machine, timed once at the model's
+  shapes (rnnlm.tuning: cached per CPU, torch version and shape); fp32 on a GPU and for greedy decoding, whose
+  argmax must be the model's own.
 
+Whether fewer bytes are faster depends on the CPU (an int8 or fp16 kernel can run below the bandwidth that the
+fp32 one reaches), and so does whether a second thread pays for a mat-vec: the thread count is timed with the
+precision, one candidate per (precision, threads) pair, unless given.
 Greedy, top-k and top-p need every exact logit, so an explicit "int8" becomes "fp32" for them.
 """
 from __future__ import annotations
 
 import torch
 
+from rnnlm import tuning
 from rnnlm.checks import one_of
 from rnnlm.inference.sampling import Sampling
 
 OUTPUT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 INT8_MIN_TEMPERATURE = 0.5
-INT8_MIN_OUTPUT_WEIGHTS = 2_000_000
+TASK = "generation step"
+_TIMED_STEPS = 64  # uniforms a timed decoder draws ahead (its steps cycle through them)
 
 
-def choose_output_precision(requested: str, sampling: Sampling, *, device: torch.device, num_samples: int,
-                            output_weights: int) -> str:
-    """"fp32", "fp16" or "int8" for `requested` (one of OUTPUT_PRECISIONS) and this generation's settings."""
+def output_precision_candidates(requested: str, sampling: Sampling, *, device: torch.device,
+                                num_samples: int) -> list[str]:
+    """The output precisions that may serve `requested` (one of OUTPUT_PRECISIONS) for these settings."""
     one_of("output precision", requested, OUTPUT_PRECISIONS)
     if requested == "auto":
         if device.type != "cpu" or sampling.greedy:
-            return "fp32"
+            return ["fp32"]
         int8 = (num_samples == 1 and not sampling.filtered
-                and sampling.effective_temperature >= INT8_MIN_TEMPERATURE
-                and output_weights >= INT8_MIN_OUTPUT_WEIGHTS)
-        return "int8" if int8 else "fp16"
+                and sampling.effective_temperature >= INT8_MIN_TEMPERATURE)
+        return ["fp32", "fp16", "int8"] if int8 else ["fp32", "fp16"]
     if requested == "int8" and (sampling.greedy or sampling.filtered):
-        return "fp32"
-    return requested
+        return ["fp32"]
+    return [requested]
+
+
+def choose_output_precision(requested: str, sampling: Sampling, *, device: torch.device, num_samples: int) -> str:
+    """The precision used when nothing is timed: the one requested, else fp16 where allowed (half fp32's bytes,
+    with a kernel on every x86 torch), else fp32."""
+    candidates = output_precision_candidates(requested, sampling, device=device, num_samples=num_samples)
+    return "fp16" if "fp16" in candidates else candidates[0]
+
+
+def choose_generation_step(model, hidden: torch.Tensor, sampling: Sampling, requested: str, *,
+                           threads: int | None = None) -> tuple[str, int | None]:
+    """(output precision, torch threads or None for unchanged) for generating from `hidden` (L, N, H).
+
+    Several candidates (auto precision, or threads not given on a CPU): each runs the backend's real decoding
+    step (rnnlm.backends: step and draw) from this state, timed by rnnlm.tuning; else the one candidate.
+    """
+    device = hidden.device
+    num_samples = hidden.shape[1]
+    precisions = output_precision_candidates(requested, sampling, device=device, num_samples=num_samples)
+    counts = tuning.thread_candidates(threads) if device.type == "cpu" else [threads]
+    now = torch.get_num_threads() if threads is None else threads  # untimed: threads as they are
+    default = f"{choose_output_precision(requested, sampling, device=device, num_samples=num_samples)}@{now}"
+    candidates = {f"{p}@{n}": _timed_step(model, hidden, sampling, p, n) for p in precisions for n in counts}
+    if len(candidates) == 1 or not model.backend.timed:
+        return default.split("@")[0], threads
+    cfg = model.config
+    shape = (cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers, num_samples,
+             f"T={sampling.effective_temperature:.2g}" if not sampling.greedy else "greedy", sampling.filtered)
+    picked = tuning.choose(TASK, shape, candidates, default=default).picked
+    precision, n = picked.split("@")
+    return precision, int(n)
+
+
+def _timed_step(model, hidden: torch.Tensor, sampling: Sampling, precision: str, threads: int | None):
+    """One decoding step at `precision` on `threads`, as a callable; the decoder is built on the first call."""
+    state: dict = {}
+
+    def step() -> None:
+        with tuning.torch_threads(threads):
+            if not state:
+                state["decoder"] = model.backend.decoder(model, hidden, sampling, precision, 0, None)
+                state["out"] = torch.zeros(hidden.shape[1], 1, dtype=torch.int64, device=hidden.device)
+                state["t"] = 0
+            state["t"] = state["t"] % (_TIMED_STEPS - 1) + 1
+            state["decoder"].next(state["out"].view(-1), state["t"], state["out"])
+            if hidden.device.type == "cuda":
+                torch.cuda.synchronize(hidden.device)
+
+    return step

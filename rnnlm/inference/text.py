@@ -40,13 +40,13 @@ def prompt_ids(vocab: Vocab, settings: TokenizerSettings, prompt: str,
 def stream(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: str, length: int, *,
            temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
            num_samples: int = 1, seed: int | None = None, output_precision: str = "auto", allow_unk: bool = False,
-           warn: Callable[[str], None] | None = None) -> Iterator[list[str]]:
+           threads: int | None = None, warn: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """The generated words as they are drawn: `length` lists of num_samples words, one list per step (settings
     as generate's). The settings are checked before the first word is drawn."""
     ids = prompt_ids(vocab, settings, prompt, warn)
     steps = stream_ids(model, ids, length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p,
                        num_samples=num_samples, seed=seed, output_precision=output_precision,
-                       banned=banned_ids(vocab, allow_unk))
+                       banned=banned_ids(vocab, allow_unk), threads=threads)
     itos = vocab.itos
     return ([itos[i] for i in step.tolist()] for step in steps)
 
@@ -54,7 +54,7 @@ def stream(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: st
 def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: str, length: int, *,
              temperature: float = 1.0, greedy: bool = False, top_k: int | None = None, top_p: float | None = None,
              num_samples: int = 1, seed: int | None = None, output_precision: str = "auto", allow_unk: bool = False,
-             warn: Callable[[str], None] | None = None) -> list[str]:
+             threads: int | None = None, warn: Callable[[str], None] | None = None) -> list[str]:
     """num_samples texts: the prompt followed by `length` generated words, joined as the corpus writes words
     (rnnlm.data.words.join_words: a space only where two words would merge).
 
@@ -63,7 +63,7 @@ def generate(model: WordRNN, vocab: Vocab, settings: TokenizerSettings, prompt: 
     texts = [[prompt] for _ in range(num_samples)]
     for words in stream(model, vocab, settings, prompt, length, temperature=temperature, greedy=greedy, top_k=top_k,
                         top_p=top_p, num_samples=num_samples, seed=seed, output_precision=output_precision,
-                        allow_unk=allow_unk, warn=warn):
+                        allow_unk=allow_unk, threads=threads, warn=warn):
         for text, word in zip(texts, words):
             text.append(word)
     return [join_words(text) for text in texts]

@@ -13,8 +13,10 @@ is N · dloss/dlogits, kept for the backward pass:
                                                 then cast to compute_dtype
     backward  with g = upstream / N: dh = g · G W,  dW = g · Gᵀ h,  db = g · Σ_i G_i
 
-The three products run on oneDNN where it is available and gives correct results for these layouts (probed
-once per dtype), else on torch's matmul; under bf16 they run in bf16 while the log-softmax stays fp32.
+The three products run on oneDNN's linear or on torch's matmul (MKL), whichever is faster on this machine at
+these shapes (timed once by rnnlm.tuning at up to TIMED_ROWS rows of h, cached; oneDNN only where it gives
+correct results for these layouts, probed once per dtype); under bf16 they run in bf16 while the log-softmax
+stays fp32.
 `linear_cross_entropy_reference` is the same loss in plain PyTorch, for tests and benchmarks.
 """
 from __future__ import annotations
@@ -22,9 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rnnlm import tuning
+
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_reference"]
 
+TASK = "output layer products"
+TIMED_ROWS = 128  # rows of h the library choice is timed at: the products' cost is linear in them
 _ONEDNN_OK: dict[torch.dtype, bool] = {}
+_LIBRARY: dict[tuple, bool] = {}  # (dtype, rows timed, H, V, threads) -> oneDNN is the faster here
 
 
 def _onednn_linear():
@@ -51,18 +58,50 @@ def _onednn_gives_right_answers(dtype: torch.dtype) -> bool:
         return False
 
 
-def _use_onednn(t: torch.Tensor) -> bool:
-    """True when oneDNN's linear runs here and gives the right answer for t's dtype (probed once)."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16):
+def _use_onednn(h: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when oneDNN's linear gives the right answer for h's dtype (probed once) and runs the three products
+    of h (N, H) and weight (V, H) faster than torch's matmul on this machine (timed once per shape and threads)."""
+    dtype = h.dtype
+    if h.device.type != "cpu" or "onednn" not in libraries(dtype):
         return False
-    if t.dtype not in _ONEDNN_OK:
-        _ONEDNN_OK[t.dtype] = _onednn_gives_right_answers(t.dtype)
-    return _ONEDNN_OK[t.dtype]
+    shape = (str(dtype).removeprefix("torch."), min(h.shape[0], TIMED_ROWS), *weight.shape[::-1])
+    key = (*shape, torch.get_num_threads())
+    if key not in _LIBRARY:
+        candidates = {name: timed_products(shape[1:], dtype, name) for name in ("onednn", "matmul")}
+        _LIBRARY[key] = tuning.choose(TASK, shape, candidates, default="onednn").picked == "onednn"
+    return _LIBRARY[key]
 
 
-def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a (M, K) @ b (N, K)ᵀ (+ bias (N,)) -> (M, N), on oneDNN when it works here, else torch."""
-    if _use_onednn(a):
+def libraries(dtype: torch.dtype) -> list[str]:
+    """The libraries that run the three products right on this CPU for dtype: "matmul" (torch's), and "onednn"
+    where its linear is available and gives the right answers for these layouts (probed once)."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        return ["matmul"]
+    if dtype not in _ONEDNN_OK:
+        _ONEDNN_OK[dtype] = _onednn_gives_right_answers(dtype)
+    return ["matmul", "onednn"] if _ONEDNN_OK[dtype] else ["matmul"]
+
+
+def timed_products(shape: tuple[int, int, int], dtype: torch.dtype, library: str):
+    """The op's three products at (rows, H, V) on `library` (see libraries), as a callable for timing (operands
+    made on the first call)."""
+    onednn = library == "onednn"
+    operands: list = []
+
+    def products() -> None:
+        if not operands:
+            n, hdim, v = shape
+            gen = torch.Generator().manual_seed(0)  # not the global generator: a run's draws stay its own
+            operands.extend(torch.randn(*s, generator=gen).to(dtype) for s in ((n, hdim), (v, hdim), (n, v), (v,)))
+        h, w, g, b = operands
+        _mm_nt(h, w, b, onednn), _mm_nt(g, w.t(), None, onednn), _mm_nt(h.t(), g.t(), None, onednn)
+
+    return products
+
+
+def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, onednn: bool) -> torch.Tensor:
+    """a (M, K) @ b (N, K)ᵀ (+ bias (N,)) -> (M, N), on oneDNN's linear or torch's."""
+    if onednn:
         return _onednn_linear()(a, b, bias, "none", [], "")
     return F.linear(a, b, bias)
 
@@ -75,7 +114,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
             bc = bias.to(compute_dtype) if bias is not None else None
-            logits = _mm_nt(hc, wc, bc)                                    # (N, V)
+            onednn = _use_onednn(hc, wc)
+            logits = _mm_nt(hc, wc, bc, onednn)                            # (N, V)
             if logits.dtype in (torch.bfloat16, torch.float16):
                 logits = logits.float()                                    # the softmax in fp32 at least
             torch._log_softmax(logits, 1, False, out=logits)               # in place
@@ -87,7 +127,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad.dtype != compute_dtype:
                 grad = grad.to(compute_dtype)
         ctx.save_for_backward(hc, wc, grad)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.onednn = bias is not None, onednn
         ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
         return loss
 
@@ -98,9 +138,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = dw = db = None
         with torch.autocast(hc.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                dh = _mm_nt(grad, wc.t()).to(ctx.h_dtype).mul_(scale)       # (N, V) @ (V, H)
+                dh = _mm_nt(grad, wc.t(), None, ctx.onednn).to(ctx.h_dtype).mul_(scale)  # (N, V) @ (V, H)
             if ctx.needs_input_grad[1]:
-                dwt = _mm_nt(hc.t(), grad.t())                             # (H, N) @ (N, V) = dWᵀ
+                dwt = _mm_nt(hc.t(), grad.t(), None, ctx.onednn)           # (H, N) @ (N, V) = dWᵀ
                 dw = torch.empty(dwt.shape[::-1], dtype=ctx.w_dtype, device=dwt.device)
                 torch.mul(dwt.t(), scale, out=dw)                          # transpose + scale, one pass
             if ctx.has_bias and ctx.needs_input_grad[2]:

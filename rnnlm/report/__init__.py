@@ -26,6 +26,10 @@ benchmark {"group", "name", "fullname", "params", "stats": {"median", "mean", "m
     precision, device, torch, triton, triton_interpreted (bool), threads
                          printed in the header; triton_interpreted (or a triton row on device "cpu") puts the
                          interpreter warning at the top of the report.
+    ceiling_tokens_per_s (optional)
+                         what the machine allows at that shape (rnnlm.report.ceilings: GEMM throughput for a
+                         training step, read bandwidth for a generation step, measured in the same session):
+                         the table adds the ceiling and the fraction of it that ran.
     parity (optional)    {"forward_max_abs", "forward_rel", "grad_max_abs", "grad_rel"} of triton against
                          nn.RNN in fp64; when absent the report computes it (kernels.rnn.rnn vs torch.nn.RNN,
                          fp64, for every recurrence shape in the JSON; in the interpreter with batch and

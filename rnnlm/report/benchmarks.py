@@ -211,6 +211,8 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
             by[k] = {}
         by[k][r.backend] = r
     extra_units = [u for u in ("gb_per_s", "tflops_per_s") if any(_finite(r.info.get(u)) for r in rows)]
+    ceilings = [b for b in ("cudnn", "triton") if any(_finite(r.info.get("ceiling_tokens_per_s")) is not None
+                                                       for r in rows if r.backend == b)]
     head = ["shape", "sizes", "cudnn (median)", "triton (median)", "triton speed-up", "cudnn tokens/s",
             "triton tokens/s"]
     unit_names = {"gb_per_s": "GB/s", "tflops_per_s": "TFLOP/s"}
@@ -219,6 +221,8 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
     info_columns = [(k, title) for k, title in (("cudnn_algorithm", "cuDNN algorithm"), ("timer", "timer"))
                     if any(r.info.get(k) not in (None, "") for r in rows)]
     head += [title for _, title in info_columns]
+    for b in ceilings:
+        head += [f"{b} ceiling tokens/s", f"{b} fraction of ceiling"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in keys:
         c, t = by[k].get("cudnn"), by[k].get("triton")
@@ -233,6 +237,11 @@ def group_table(rows: list[Row]) -> tuple[str, list[str]]:
                       f"{t.info[u]:.3g}" if t and _finite(t.info.get(u)) is not None else "–"]
         for key, _ in info_columns:
             cells.append(_info_text([c] if key == "cudnn_algorithm" and c and c.info.get(key) else [c, t], key))
+        for b in ceilings:
+            r = by[k].get(b)
+            ceiling = _finite(r.info.get("ceiling_tokens_per_s")) if r else None
+            rate = tokens_per_s(r) if r else None
+            cells += [_rate(ceiling) if ceiling else "–", f"{rate / ceiling:.0%}" if ceiling and rate else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for backend in ("cudnn", "triton"):

@@ -78,7 +78,12 @@ class TrainConfig:
     seed: int = option(0, help="random seed (initial weights, window order, dropout)")
     precision: str = option("fp32", choices=PRECISIONS,
                             help="fp32, or bf16: the output layer's three products in bf16 (torch backend; "
-                                 "the recurrence, weights and optimizer stay fp32), torch autocast on triton")
+                                 "the recurrence, weights and optimizer stay fp32), torch autocast on triton; "
+                                 "where bf16 is timed slower than fp32 on this machine it runs fp32 and says so; "
+                                 "auto: the faster of the two here (timed once, cached)")
+    force_bf16: bool = option(False, help="with --precision bf16: run bf16 even where it is slower than fp32 here")
+    threads: int | None = option(None, help="torch CPU threads (default: timed once per machine and cached)",
+                                 metavar="N")
     # where and how
     backend: str | None = option(None, choices=BACKEND_CHOICES,
                                  help="torch (torch.nn.RNN: cuDNN on a GPU, ATen on a CPU; 'cudnn' is accepted "
@@ -100,7 +105,7 @@ class TrainConfig:
         """UsageError (one line, naming the option) for values that mean nothing."""
         for name in ("vocab_size", "min_freq", "seq_len", "batch_size", "epochs", "eval_every", "log_every"):
             positive_int(name, getattr(self, name))
-        for name in ("max_steps", "schedule_steps", "patience"):
+        for name in ("max_steps", "schedule_steps", "patience", "threads"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:

@@ -22,7 +22,7 @@ import torch
 from rnnlm.errors import UsageError
 from rnnlm.training.nan_guard import NanGuard, NonFiniteError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # what runs is chosen by rnnlm.training.speed
 
 
 def keep_freed_memory() -> None:

@@ -46,7 +46,9 @@ from rnnlm.training.run_dir import LAST, METRICS, RunFolder
 from rnnlm.training.schedule import MIN_TIMED_STEPS, PLATEAU_FACTOR, estimate_total
 from rnnlm.training.setup import Progress, RunData, build_model, load_data, restore_progress
 from rnnlm.training.signals import StopSignal
+from rnnlm.training.speed import choose_training_speed
 from rnnlm.training.step import TrainStep, compute_dtype
+from rnnlm.tuning import torch_threads
 
 INTERRUPTED = "interrupted"
 
@@ -89,7 +91,8 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             cfg.validate()
             if source is None or not _same_folder(source.parent, folder.path):
                 _on_writer(d, lambda: folder.claim(cfg.overwrite))
-            with deterministic_mode(cfg.deterministic, cfg.device):
+            # threads as they were afterwards
+            with deterministic_mode(cfg.deterministic, cfg.device), torch_threads(None):
                 trainer = Trainer.build(cfg, payload, d, folder, history=None if source is None else source.parent)
                 result = trainer.loop()
                 return trainer.finish(result) if result.status == "finished" else result
@@ -122,7 +125,13 @@ class Trainer:
                  device, resumed: bool, dist: Distributed = Distributed()):
         self.cfg, self.folder, self.data, self.device, self.dist = cfg, folder, data, device, dist
         self.model, self.optimizer, self.progress = model, optimizer, progress
-        self.step_fn = TrainStep(dist.wrap(model, device), optimizer, clip=cfg.clip, precision=cfg.precision,
+        precision, threads = choose_training_speed(model, cfg.precision, batch_size=cfg.batch_size,
+                                                   seq_len=cfg.seq_len, threads=cfg.threads,
+                                                   force_bf16=cfg.force_bf16, device=device)
+        self.precision = dist.from_writer(precision)  # every process computes in rank 0's choice
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.step_fn = TrainStep(dist.wrap(model, device), optimizer, clip=cfg.clip, precision=self.precision,
                                  device=device, finite_check=dist.check_finite if dist.active else None)
         self.window = TrainingWindow(device)
         self.last_eval_step = progress.step if resumed else -1
@@ -174,8 +183,9 @@ class Trainer:
               f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
               f"{splits['test'].numel():,} tokens")
         say(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
-              f"{self.device}, precision {self.cfg.precision}, {self.cfg.batching} batching, {len(batches)} steps "
-              f"per epoch" + (f", {self.dist.world_size} processes" if self.dist.active else ""))
+            f"{self.device}, precision {self.precision}, {torch.get_num_threads()} CPU threads, "
+            f"{self.cfg.batching} batching, {len(batches)} steps per epoch"
+            + (f", {self.dist.world_size} processes" if self.dist.active else ""))
         if self.last_eval_step >= 0:
             p = self.progress
             say(f"resuming {self.cfg.resume} at step {p.step} (epoch {p.epoch + 1}, batch {batches.position} of "

@@ -1,0 +1,99 @@
+"""The machine's own ceilings for a training step and a generation step, measured in the run that reports speed.
+
+A speed means little without what the machine allows: the same code runs at 2x the tutorial on one CPU and
+1.25x on another. So the benchmarks measure, beside our tokens/s:
+
+training (torch backend, CPU): a step is GEMMs. At (B, T, V, E, H, L), with N = B·T tokens,
+    output layer   6·N·H·V      three products of 2·N·H·V: the logits, dL/dh, dL/dW (rnnlm.ops.linear_cross_entropy)
+    recurrence     Σ_l 6·N·(I_l + H)·H   forward 2·N·(I_l + H)·H (I_0 = E, I_l = H above), backward twice that
+  and the ceiling is N / (output FLOPs / GEMM throughput at that precision + recurrence FLOPs / fp32 throughput),
+  where the GEMM throughput is the output layer's three products timed at the step's H and V (and up to
+  GEMM_ROWS of its N rows; the faster of oneDNN and torch's matmul, the best thread count), in fp32 and bf16. Everything else a step does (the
+  log-softmax, Adam, the recurrence's sequential part) is left out, so 100% is out of reach by construction.
+
+generation (one sample, torch backend, CPU): a step reads its weights once,
+    output layer   V·H elements of the precision that ran (4, 2 or 1 bytes) + the fp32 bias (4·V)
+                   (int8 also reads its bound rows, 16·V bytes: rnnlm.inference.int8_envelope)
+    recurrence     layer 0's input row (4·H, a table lookup) and W_hh (4·H²); above it W_ih and W_hh (8·H²)
+  and the ceiling is the read bandwidth / those bytes, the bandwidth being torch.sum over a buffer of the fp32
+  step's size (the best thread count, the fastest of a few reads).
+
+Each figure is the fastest of a few timed calls after a warm-up (rnnlm.tuning.time_candidates), so on a busy
+machine they are what the machine gave when it was least disturbed; say the load when quoting them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rnnlm import tuning
+from rnnlm.ops import linear_cross_entropy as lce
+
+OUTPUT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+GEMM_ROWS = 256  # rows the GEMMs are timed at (at most): FLOP/s hardly change past a few hundred, time does
+
+
+def training_step_flops(batch_size: int, seq_len: int, vocab_size: int, embed_size: int, hidden_size: int,
+                        num_layers: int) -> tuple[float, float]:
+    """(output layer FLOPs, recurrence FLOPs) of one training step (see the module docstring)."""
+    n, h = batch_size * seq_len, hidden_size
+    output = 6.0 * n * h * vocab_size
+    recurrence = sum(6.0 * n * ((embed_size if layer == 0 else h) + h) * h for layer in range(num_layers))
+    return output, recurrence
+
+
+def generation_step_bytes(vocab_size: int, hidden_size: int, num_layers: int, precision: str) -> float:
+    """Bytes of weights one generation step reads for one sample at output `precision` (module docstring)."""
+    v, h = vocab_size, hidden_size
+    output = v * h * OUTPUT_BYTES[precision] + 4 * v + (16 * v if precision == "int8" else 0)
+    recurrence = 4 * h + 4 * h * h + (num_layers - 1) * 8 * h * h
+    return float(output + recurrence)
+
+
+def gemm_throughput(rows: int, hidden_size: int, vocab_size: int, dtype: torch.dtype) -> dict:
+    """FLOP/s of the output layer's three products at (rows, H, V) in `dtype`: the best over libraries and thread
+    counts, with what reached it."""
+    candidates = {f"{name}@{threads}": _on_threads(lce.timed_products((rows, hidden_size, vocab_size), dtype, name),
+                                                   threads)
+                  for threads in tuning.thread_candidates() for name in lce.libraries(dtype)}
+    seconds = tuning.time_candidates(candidates, budget_s=0.5)
+    best = min(seconds, key=seconds.get)
+    return {"flop_per_s": 6.0 * rows * hidden_size * vocab_size / seconds[best], "by": best, "seconds": seconds}
+
+
+def read_bandwidth(nbytes: float) -> dict:
+    """Bytes/s of torch.sum over an fp32 buffer of `nbytes`: the best thread count, the fastest read."""
+    buf = torch.ones(max(1, int(nbytes) // 4))
+    candidates = {f"sum@{n}": _on_threads(buf.sum, n) for n in tuning.thread_candidates()}
+    seconds = tuning.time_candidates(candidates, budget_s=0.3)
+    best = min(seconds, key=seconds.get)
+    return {"bytes_per_s": buf.numel() * 4 / seconds[best], "by": best, "bytes": buf.numel() * 4}
+
+
+def measure_ceilings(*, batch_size: int, seq_len: int, vocab_size: int, embed_size: int, hidden_size: int,
+                     num_layers: int, with_bf16: bool = True) -> dict:
+    """The machine's GEMM throughputs and read bandwidth at this model's shapes, and the ceilings they allow:
+    train_tokens_per_s[precision], generate_tokens_per_s[output precision]."""
+    output, recurrence = training_step_flops(batch_size, seq_len, vocab_size, embed_size, hidden_size, num_layers)
+    n = batch_size * seq_len
+    rows = min(n, GEMM_ROWS)
+    gemm = {"fp32": gemm_throughput(rows, hidden_size, vocab_size, torch.float32)}
+    if with_bf16:
+        gemm["bf16"] = gemm_throughput(rows, hidden_size, vocab_size, torch.bfloat16)
+    fp32 = gemm["fp32"]["flop_per_s"]
+    train = {p: n / (output / g["flop_per_s"] + recurrence / fp32) for p, g in gemm.items()}
+    step_bytes = {p: generation_step_bytes(vocab_size, hidden_size, num_layers, p) for p in OUTPUT_BYTES}
+    bandwidth = read_bandwidth(step_bytes["fp32"])
+    generate = {p: bandwidth["bytes_per_s"] / b for p, b in step_bytes.items()}
+    return {"gemm": gemm, "bandwidth": bandwidth, "step_flops": {"output": output, "recurrence": recurrence},
+            "generation_step_bytes": step_bytes, "train_tokens_per_s": train, "generate_tokens_per_s": generate,
+            "cpu": tuning.cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "load_average": tuning.load_average()}
+
+
+def _on_threads(fn, threads: int):
+    def call():
+        with tuning.torch_threads(threads):
+            fn()
+    return call
