@@ -88,7 +88,7 @@ def fit(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
                 check_resumable(payload, source)
                 cfg = resume_config(cfg, explicit, payload)
                 check_world_size(payload, d, cfg.resume)
-            cfg.validate()
+                cfg.validate()  # the options the checkpoint brought (a fresh run's were checked above)
             if source is None or not _same_folder(source.parent, folder.path):
                 _on_writer(d, lambda: folder.claim(cfg.overwrite))
             # threads as they were afterwards
@@ -180,8 +180,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.step_fn.params)
         say = self.dist.say
         say(f"corpus: {corpus.path} ({corpus.n_tokens:,} tokens, {len(corpus.lexicon):,} distinct words); "
-              f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
-              f"{splits['test'].numel():,} tokens")
+            f"vocabulary {len(vocab):,}; train/valid/test {splits['train'].numel():,}/{splits['valid'].numel():,}/"
+            f"{splits['test'].numel():,} tokens")
         say(f"model: {n_params:,} parameters, backend {self.model.backend.describe(self.device)}, device "
             f"{self.device}, precision {self.precision}, {torch.get_num_threads()} CPU threads, "
             f"{self.cfg.batching} batching, {len(batches)} steps per epoch"
@@ -189,7 +189,7 @@ class Trainer:
         if self.last_eval_step >= 0:
             p = self.progress
             say(f"resuming {self.cfg.resume} at step {p.step} (epoch {p.epoch + 1}, batch {batches.position} of "
-                  f"{len(batches)})")
+                f"{len(batches)})")
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def loop(self) -> TrainResult:
