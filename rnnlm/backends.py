@@ -109,11 +109,12 @@ class Backend(Protocol):
         """softmax(logits / temperature) over the last dimension, differentiable (the distribution view)."""
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                banned: torch.Tensor | None):
+                banned: torch.Tensor | None, matvec: str = "torch"):
         """Generation's step and draw for N samples from the primed state hidden (L, N, H): an object with
         first(logits (N, V), out (N, 1)) and next(tokens (N,), t, out (N, 1)), each writing the words drawn, and
         finish(), called once after the last draw (where deferred checks are read).
-        banned (K,) int64 or None: ids never drawn (their logits -inf before every draw, greedy included)."""
+        banned (K,) int64 or None: ids never drawn (their logits -inf before every draw, greedy included).
+        matvec: the library of the step's fp32 mat-vecs on a CPU (rnnlm.inference.stepper; torch backend only)."""
 
 
 class TorchBackend(Backend):
@@ -148,8 +149,8 @@ class TorchBackend(Backend):
         return loss, h_n
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                banned: torch.Tensor | None) -> _TorchDecoder:
-        return _TorchDecoder(model, hidden, sampling, output_precision, seed, banned)
+                banned: torch.Tensor | None, matvec: str = "torch") -> _TorchDecoder:
+        return _TorchDecoder(model, hidden, sampling, output_precision, seed, banned, matvec)
 
 
 class TritonBackend(Backend):
@@ -194,7 +195,7 @@ class TritonBackend(Backend):
         return model.loss(x, y, hidden, checks=checks)
 
     def decoder(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                banned: torch.Tensor | None) -> _TritonDecoder:
+                banned: torch.Tensor | None, matvec: str = "torch") -> _TritonDecoder:
         return _TritonDecoder(model, hidden, sampling, seed, self._rnn_step, self._sample,
                               self.device_checks(hidden.device), banned)
 
@@ -205,8 +206,8 @@ class _TorchDecoder:
     UNIFORM_CHUNK = 256  # steps whose uniforms are drawn in one generator call (memory stays bounded)
 
     def __init__(self, model: WordRNN, hidden: torch.Tensor, sampling: Sampling, output_precision: str, seed: int,
-                 banned: torch.Tensor | None):
-        self.stepper = TorchStepper(model, hidden, output_precision)
+                 banned: torch.Tensor | None, matvec: str = "torch"):
+        self.stepper = TorchStepper(model, hidden, output_precision, matvec)
         self.envelope = self.stepper.w.fc_int8
         self.sampling, self.banned = sampling, banned
         self.generator = torch.Generator(device=hidden.device).manual_seed(seed)

@@ -204,6 +204,35 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """The thread count of the BLAS libraries loaded in this process (numpy's OpenBLAS; torch's own BLAS is
+    torch_threads') set to n for the block (None: unchanged), then restored; through threadpoolctl."""
+    libs = _blas_controllers() if n is not None else []
+    before = [lib.get_num_threads() for lib in libs]
+    for lib, count in zip(libs, before):
+        if count != n:
+            lib.set_num_threads(n)
+    try:
+        yield
+    finally:
+        for lib, count in zip(libs, before):
+            if lib.get_num_threads() != count:
+                lib.set_num_threads(count)
+
+
+_BLAS: list = []
+
+
+def _blas_controllers() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once (finding them takes milliseconds)."""
+    if not _BLAS:
+        import numpy  # noqa: F401  (loads its BLAS, so that threadpoolctl sees it)
+        from threadpoolctl import ThreadpoolController
+        _BLAS.append(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _BLAS[0]
+
+
 def thread_candidates(requested: int | None = None) -> list[int]:
     """Thread counts worth timing: `requested` alone, else 1, torch's present count, the CPUs this process may use
     and the powers of two between."""

@@ -222,21 +222,48 @@ def test_top_k_and_top_p_filters():
 # -- generation ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("input_table", [True, False])
-def test_stepper_logits_equal_the_models_forward(setup, monkeypatch, input_table):
-    """With layer 0's input looked up in its (V, H) table, and computed each step (a vocabulary too large for it)."""
+@pytest.mark.parametrize("matvec", stepper.MATVEC_LIBRARIES)
+def test_stepper_logits_equal_the_models_forward(setup, monkeypatch, input_table, matvec):
+    """With layer 0's input looked up in its (V, H) table, and computed each step (a vocabulary too large for it);
+    with torch's products and numpy's (the same buffers)."""
     vocab = setup[1]
     if not input_table:
         monkeypatch.setattr(stepper, "INPUT_TABLE_MAX_BYTES", 0)
     for nonlinearity in ("tanh", "relu"):
         model = make_model(len(vocab), nonlinearity=nonlinearity)
         seq = torch.randint(0, len(vocab), (3, 9), generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
+        with torch.inference_mode():
             ref, _ = model(seq)
             logits, hidden = model(seq[:, :4])
-            steps = stepper.TorchStepper(model, hidden)
+            steps = stepper.TorchStepper(model, hidden, matvec=matvec)
             assert (steps.w.input_table is not None) == input_table
+            assert (steps.arrays is not None) == (matvec == "numpy")
             for t in range(4, 9):
                 torch.testing.assert_close(steps.step(seq[:, t]), ref[:, t], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(steps.state, model(seq)[1], rtol=1e-5, atol=1e-5)  # the state it carries
+
+
+def test_numpy_and_torch_steppers_agree_at_every_precision(setup):
+    """The library changes the products' rounding only: the same logits (fp16, fp32) or the same hidden state
+    (int8, whose draw reads it) to fp32 rounding, step after step, for several samples."""
+    if "numpy" not in stepper.MATVEC_LIBRARIES:
+        pytest.skip("numpy is not installed")
+    vocab = setup[1]
+    model = make_model(len(vocab), seed=3)
+    tokens = torch.randint(0, len(vocab), (6, 4), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        _, hidden = model(tokens[:2].t())
+        for precision in ("fp32", "fp16", "int8"):
+            a = stepper.TorchStepper(model, hidden, precision, "torch")
+            b = stepper.TorchStepper(model, hidden, precision, "numpy")
+            for t in range(2, 6):
+                if precision == "int8":
+                    torch.testing.assert_close(b.hidden_step(tokens[t]), a.hidden_step(tokens[t]),
+                                               rtol=1e-5, atol=1e-6)
+                else:
+                    torch.testing.assert_close(b.step(tokens[t]), a.step(tokens[t]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="matvec"):
+        stepper.TorchStepper(model, hidden, "fp32", "blas")
 
 
 def test_greedy_is_the_argmax_of_the_models_next_word_logits(setup):

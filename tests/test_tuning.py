@@ -206,26 +206,40 @@ def gen_choice(model, requested="auto", threads=1, **sampling):
 def test_int8_slower_picks_fp16_or_fp32(timings):
     model = tiny_model()
     timings.update({"int8@1": 3e-3, "fp16@1": 2e-3, "fp32@1": 2.5e-3})
-    assert gen_choice(model) == ("fp16", 1)
+    assert gen_choice(model) == ("fp16", 1, "torch")
     timings.clear()
     timings.update({"int8@1": 3e-3, "fp16@1": 4e-3, "fp32@1": 2.5e-3})
-    assert gen_choice(model, temperature=0.7) == ("fp32", 1)   # another temperature: timed again
+    assert gen_choice(model, temperature=0.7) == ("fp32", 1, "torch")   # another temperature: timed again
     timings.update({"int8@1": 1e-3})
-    assert gen_choice(model, temperature=0.6) == ("int8", 1)
+    assert gen_choice(model, temperature=0.6) == ("int8", 1, "torch")
+
+
+def test_generation_matvec_library_follows_the_timings(timings):
+    """numpy's BLAS and torch's are timed side by side for every precision; the plan names what won."""
+    model = tiny_model()
+    timings.update({"fp16@1": 2e-3, "fp16/numpy@1": 1e-3, "int8@1": 3e-3, "int8/numpy@1": 3e-3})
+    assert gen_choice(model) == ("fp16", 1, "numpy")
+    assert sorted(timings.calls[-1]) == sorted(f"{p}{lib}@1" for p in ("fp32", "fp16", "int8")
+                                               for lib in ("", "/numpy"))
+    timings.update({"fp32@1": 0.5e-3})
+    assert gen_choice(model, temperature=0.7) == ("fp32", 1, "torch")
+    timings.update({"fp16/numpy@1": 0.1e-3})
+    assert gen_choice(model, "fp16", temperature=0.6) == ("fp16", 1, "numpy")  # explicit precision: library timed
+    assert gen_precision.StepPlan.parse("int8/numpy@2") == ("int8", 2, "numpy")
+    assert gen_precision.StepPlan("fp32", 2).name == "fp32@2"
 
 
 def test_generation_candidates_respect_the_draw(timings):
     model = tiny_model()
-    timings.update({"int8@1": 1e-4})  # would win wherever it is a candidate
+    timings.update({"int8@1": 1e-4, "int8/numpy@1": 1e-4})  # would win wherever it is a candidate
     assert gen_choice(model, temperature=0.3)[0] in ("fp16", "fp32")  # below INT8_MIN_TEMPERATURE
     assert gen_choice(model, top_k=5)[0] in ("fp16", "fp32")
     assert gen_choice(model, n=3)[0] in ("fp16", "fp32")
-    assert ["int8@1"] not in timings.calls and all("int8@1" not in c for c in timings.calls)
+    assert all("int8" not in name for c in timings.calls for name in c)
     n = len(timings.calls)
-    assert gen_choice(model, greedy=True) == ("fp32", 1)              # greedy: fp32, nothing timed
-    assert gen_choice(model, "fp16") == ("fp16", 1)                   # explicit, threads given: nothing timed
-    assert gen_choice(model, "int8", top_p=0.9) == ("fp32", 1)
-    assert len(timings.calls) == n
+    assert gen_choice(model, greedy=True) == ("fp32", 1, "torch")      # greedy: fp32 ...
+    assert gen_choice(model, "int8", top_p=0.9) == ("fp32", 1, "torch")
+    assert all(c == ["fp32/numpy@1", "fp32@1"] for c in timings.calls[n:])  # ... its library alone timed
 
 
 def test_generation_threads_follow_the_timings(timings):
@@ -234,9 +248,21 @@ def test_generation_threads_follow_the_timings(timings):
     if len(counts) < 2:
         pytest.skip("one CPU thread: nothing to choose")
     timings.update({f"fp16@{counts[-1]}": 1e-3, f"fp16@{counts[0]}": 2e-3})
-    assert gen_choice(model, "fp16", threads=None) == ("fp16", counts[-1])
+    assert gen_choice(model, "fp16", threads=None) == ("fp16", counts[-1], "torch")
     timings.update({f"fp16@{counts[-1]}": 3e-3})
-    assert gen_choice(model, "fp16", threads=None, temperature=0.9) == ("fp16", counts[0])
+    assert gen_choice(model, "fp16", threads=None, temperature=0.9) == ("fp16", counts[0], "torch")
+
+
+def test_blas_threads_are_set_for_the_block_and_restored():
+    libs = tuning._blas_controllers()
+    if not libs:
+        pytest.skip("numpy has no BLAS that threadpoolctl can control here")
+    before = [lib.get_num_threads() for lib in libs]
+    with tuning.blas_threads(1):
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert [lib.get_num_threads() for lib in libs] == before
+    with tuning.blas_threads(None):
+        assert [lib.get_num_threads() for lib in libs] == before
 
 
 def test_generation_runs_what_was_chosen(timings, monkeypatch):
@@ -247,9 +273,10 @@ def test_generation_runs_what_was_chosen(timings, monkeypatch):
         return (generate_ids(model, [4, 5], 20, seed=1, threads=1, **kwargs).tolist()
                 == generate_ids(model, [4, 5], 20, seed=1, output_precision=precision, threads=1, **kwargs).tolist())
 
-    for winner in ("fp16", "int8", "fp32"):
+    for winner in ("fp16", "int8", "fp32", "fp16/numpy", "int8/numpy", "fp32/numpy"):
         timings.clear()
         timings.update({f"{winner}@1": 1e-4})
+        winner = winner.split("/")[0]  # an explicit precision has its library timed too: both runs take the winner
         tuning._cache_path().unlink(missing_ok=True)
         assert auto_is(winner, temperature=0.8)
     assert not auto_is("int8", temperature=0.3)  # int8 is no candidate there; the two paths do differ
@@ -327,7 +354,7 @@ def test_untimed_choices_keep_the_threads_and_the_request(monkeypatch):
     monkeypatch.setenv("RNNLM_TUNING", "off")
     model = tiny_model()
     now = torch.get_num_threads()
-    assert gen_choice(model, threads=None) == ("fp16", now)
-    assert gen_choice(model, "int8", threads=None) == ("int8", now)
+    assert gen_choice(model, threads=None) == ("fp16", now, "torch")
+    assert gen_choice(model, "int8", threads=None) == ("int8", now, "torch")
     assert training_choice(model, "bf16", threads=None) == ("bf16", now)
     assert training_choice(model, "auto", threads=None) == ("fp32", now)

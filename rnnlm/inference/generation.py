@@ -18,7 +18,6 @@ import torch
 
 from rnnlm.checks import positive_int
 from rnnlm.errors import UsageError
-from rnnlm import tuning
 from rnnlm.inference.precision import choose_generation_step, output_precision_candidates
 from rnnlm.inference.sampling import Sampling
 from rnnlm.inference.stepper import prime
@@ -69,10 +68,11 @@ def _steps(model: WordRNN, prompt_ids: list[int], length: int, sampling: Samplin
             logits, hidden = prime(model, prompt_ids, device)
             logits = logits.expand(num_samples, -1).contiguous()
             hidden = hidden.expand(-1, num_samples, -1).contiguous()
-            precision, threads = choose_generation_step(model, hidden, sampling, output_precision, threads=threads)
-        with tuning.torch_threads(threads):
+            plan = choose_generation_step(model, hidden, sampling, output_precision, threads=threads)
+        with plan.threads_set():
             with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-                decoder = model.backend.decoder(model, hidden, sampling, precision, seed, banned)
+                decoder = model.backend.decoder(model, hidden, sampling, plan.precision, seed, banned,
+                                                matvec=plan.matvec)
                 out = torch.empty(num_samples, 1, dtype=torch.int64, device=device)
                 decoder.first(logits, out)
             yield out.view(-1)

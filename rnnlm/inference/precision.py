@@ -15,17 +15,23 @@ backend only):
   argmax must be the model's own.
 
 Whether fewer bytes are faster depends on the CPU (an int8 or fp16 kernel can run below the bandwidth that the
-fp32 one reaches), and so does whether a second thread pays for a mat-vec: the thread count is timed with the
-precision, one candidate per (precision, threads) pair, unless given.
+fp32 one reaches), and so does whether a second thread pays for a mat-vec, and which library runs the fp32
+mat-vecs fastest (torch's BLAS, or numpy's: rnnlm.inference.stepper): the three are timed together, one
+candidate per (precision, library, threads), named "fp16@2" (torch) or "fp16/numpy@2", unless given. A thread
+count applies to torch and to numpy's BLAS alike.
 Greedy, top-k and top-p need every exact logit, so an explicit "int8" becomes "fp32" for them.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NamedTuple
 
 import torch
 
 from rnnlm import tuning
 from rnnlm.checks import one_of
 from rnnlm.inference.sampling import Sampling
+from rnnlm.inference.stepper import MATVEC_LIBRARIES
 
 OUTPUT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 INT8_MIN_TEMPERATURE = 0.5
@@ -55,38 +61,68 @@ def choose_output_precision(requested: str, sampling: Sampling, *, device: torch
     return "fp16" if "fp16" in candidates else candidates[0]
 
 
-def choose_generation_step(model, hidden: torch.Tensor, sampling: Sampling, requested: str, *,
-                           threads: int | None = None) -> tuple[str, int | None]:
-    """(output precision, torch threads or None for unchanged) for generating from `hidden` (L, N, H).
+class StepPlan(NamedTuple):
+    """How a generation step runs: the output layer's precision, the library of the fp32 mat-vecs ("torch" or
+    "numpy"), and the thread count (torch's and numpy's BLAS; None: as they are)."""
 
-    Several candidates (auto precision, or threads not given on a CPU): each runs the backend's real decoding
-    step (rnnlm.backends: step and draw) from this state, timed by rnnlm.tuning; else the one candidate.
+    precision: str
+    threads: int | None = None
+    matvec: str = "torch"
+
+    @property
+    def name(self) -> str:
+        """The candidate's name in rnnlm.tuning: "fp16@2", "fp16/numpy@2"."""
+        return f"{self.precision}{'/numpy' if self.matvec == 'numpy' else ''}@{self.threads}"
+
+    @classmethod
+    def parse(cls, name: str) -> "StepPlan":
+        head, _, threads = name.partition("@")
+        precision, _, matvec = head.partition("/")
+        return cls(precision, int(threads), matvec or "torch")
+
+    @contextlib.contextmanager
+    def threads_set(self) -> Iterator[None]:
+        """The plan's thread count for torch and (numpy mat-vecs) numpy's BLAS, for the block."""
+        blas = self.threads if self.matvec == "numpy" else None
+        with tuning.torch_threads(self.threads), tuning.blas_threads(blas):
+            yield
+
+
+def choose_generation_step(model, hidden: torch.Tensor, sampling: Sampling, requested: str, *,
+                           threads: int | None = None) -> StepPlan:
+    """How to generate from `hidden` (L, N, H): output precision, mat-vec library, threads (None: unchanged).
+
+    Several candidates (auto precision, or threads not given, on a CPU): each runs the backend's real decoding
+    step (rnnlm.backends: step and draw) from this state, timed by rnnlm.tuning; else the one candidate (torch's
+    mat-vecs).
     """
     device = hidden.device
     num_samples = hidden.shape[1]
     precisions = output_precision_candidates(requested, sampling, device=device, num_samples=num_samples)
-    counts = tuning.thread_candidates(threads) if device.type == "cpu" else [threads]
+    cpu = device.type == "cpu"
+    counts = tuning.thread_candidates(threads) if cpu else [threads]
+    libraries = MATVEC_LIBRARIES if cpu and hidden.dtype == torch.float32 else ("torch",)
     now = torch.get_num_threads() if threads is None else threads  # untimed: threads as they are
-    default = f"{choose_output_precision(requested, sampling, device=device, num_samples=num_samples)}@{now}"
-    candidates = {f"{p}@{n}": _timed_step(model, hidden, sampling, p, n) for p in precisions for n in counts}
-    if len(candidates) == 1 or not model.backend.timed:
-        return default.split("@")[0], threads
+    default = StepPlan(choose_output_precision(requested, sampling, device=device, num_samples=num_samples), now)
+    plans = [StepPlan(p, n, lib) for p in precisions for lib in libraries for n in counts]
+    if len(plans) == 1 or not model.backend.timed:
+        return default._replace(threads=threads)
+    candidates = {plan.name: _timed_step(model, hidden, sampling, plan) for plan in plans}
     cfg = model.config
     shape = (cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers, num_samples,
              f"T={sampling.effective_temperature:.2g}" if not sampling.greedy else "greedy", sampling.filtered)
-    picked = tuning.choose(TASK, shape, candidates, default=default).picked
-    precision, n = picked.split("@")
-    return precision, int(n)
+    return StepPlan.parse(tuning.choose(TASK, shape, candidates, default=default.name).picked)
 
 
-def _timed_step(model, hidden: torch.Tensor, sampling: Sampling, precision: str, threads: int | None):
-    """One decoding step at `precision` on `threads`, as a callable; the decoder is built on the first call."""
+def _timed_step(model, hidden: torch.Tensor, sampling: Sampling, plan: StepPlan):
+    """One decoding step as `plan` says, as a callable; the decoder is built on the first call."""
     state: dict = {}
 
     def step() -> None:
-        with tuning.torch_threads(threads):
+        with plan.threads_set():
             if not state:
-                state["decoder"] = model.backend.decoder(model, hidden, sampling, precision, 0, None)
+                state["decoder"] = model.backend.decoder(model, hidden, sampling, plan.precision, 0, None,
+                                                         matvec=plan.matvec)
                 state["out"] = torch.zeros(hidden.shape[1], 1, dtype=torch.int64, device=hidden.device)
                 state["t"] = 0
             state["t"] = state["t"] % (_TIMED_STEPS - 1) + 1

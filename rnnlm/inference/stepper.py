@@ -10,6 +10,11 @@ input term looked up in a (V, H) table of embedding @ W_ihᵀ + b, the state in 
 turn, in-place activations), all under torch.inference_mode, so a step is about a dozen ATen calls. The prepared
 copies are cached per model until its parameters change.
 
+The mat-vecs can also run through numpy (matvec="numpy": its BLAS, OpenBLAS in numpy's wheels) on the same
+buffers, which share memory with the torch tensors: torch's BLAS for a one-row product is much slower than
+OpenBLAS's on some CPUs and faster on others, so rnnlm.inference.precision times both. Only the products and the
+activations move; the fp16 and int8 output layers stay fbgemm's, and the draw stays torch's.
+
 `prime` reads a prompt once before stepping (both backends).
 """
 from __future__ import annotations
@@ -20,6 +25,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+try:  # numpy's BLAS for the mat-vecs where it is faster; a GPU image may lack numpy
+    import numpy as np
+except ImportError:
+    np = None
+
 from rnnlm.inference.fp16 import pack_fp16
 from rnnlm.inference.int8_envelope import Int8Envelope, int8_envelope
 
@@ -28,6 +38,7 @@ if TYPE_CHECKING:
 
 INPUT_TABLE_MAX_BYTES = 64 * 2**20  # layer 0's input table (see step_weights) up to this size
 PRIME_CHUNK = 4096  # prompt tokens per forward while priming: bounds memory for a prompt of any length
+MATVEC_LIBRARIES = ("torch", "numpy") if np is not None else ("torch",)
 
 
 @dataclass
@@ -93,15 +104,22 @@ class TorchStepper:
     lives in two preallocated (L, N, H) buffers used in turn; every op writes in place or into a buffer.
     """
 
-    def __init__(self, model: WordRNN, hidden: torch.Tensor, output_precision: str = "fp32"):
+    def __init__(self, model: WordRNN, hidden: torch.Tensor, output_precision: str = "fp32",
+                 matvec: str = "torch"):
+        if matvec not in MATVEC_LIBRARIES:
+            raise ValueError(f"matvec must be one of {MATVEC_LIBRARIES}, got {matvec!r}")
         self.w = step_weights(model, output_precision)
         self.state = hidden.detach().clone().contiguous()  # (L, N, H)
         self.spare = torch.empty_like(self.state)
         n, v = hidden.shape[1], model.config.vocab_size
         self.logits = torch.empty(n, v, dtype=self.w.fc_b.dtype, device=self.w.fc_b.device)
+        numpy_ok = self.state.device.type == "cpu" and self.state.dtype == torch.float32
+        self.arrays = _NumpyArrays(self) if matvec == "numpy" and numpy_ok else None
 
     def hidden_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feeds tokens (N,); returns the top layer's new state (N, H) (a view that the next step overwrites)."""
+        if self.arrays is not None:
+            return self._hidden_step_numpy(tokens)
         w = self.w
         x = w.embedding.index_select(0, tokens) if w.input_table is None else None  # (N, E)
         new, old = self.spare, self.state
@@ -122,7 +140,52 @@ class TorchStepper:
         x = self.hidden_step(tokens)
         if w.fc_fp16 is not None:
             return torch.fbgemm_linear_fp16_weight(x, w.fc_fp16, w.fc_b)
+        if self.arrays is not None and self.arrays.fc_w_t is not None:
+            a = self.arrays
+            np.dot(a.state[-1], a.fc_w_t, out=a.logits)
+            a.logits += a.fc_b
+            return self.logits
         return torch.addmm(w.fc_b, x, w.fc_w_t, out=self.logits)
+
+    def _hidden_step_numpy(self, tokens: torch.Tensor) -> torch.Tensor:
+        """hidden_step with numpy's BLAS on numpy views of the same buffers."""
+        a = self.arrays
+        ids = tokens.numpy()
+        new, old = a.spare, a.state
+        x = a.embedding[ids] if a.input_table is None else None  # (N, E)
+        for k, (w_ih_t, w_hh_t, bias) in enumerate(a.layers):
+            h = new[k]
+            if k == 0 and a.input_table is not None:
+                np.take(a.input_table, ids, axis=0, out=h)
+            else:
+                np.dot(x, w_ih_t, out=h)
+                h += bias
+            np.dot(old[k], w_hh_t, out=a.product)
+            h += a.product
+            a.act(h, out=h)
+            x = h
+        a.state, a.spare = new, old
+        self.state, self.spare = self.spare, self.state  # the torch views of the same two buffers, kept in step
+        return self.state[-1]
+
+
+class _NumpyArrays:
+    """numpy views of a TorchStepper's weights and buffers (shared memory: no copy), for matvec="numpy"."""
+
+    def __init__(self, stepper: TorchStepper):
+        w = stepper.w
+        self.layers = [(w_ih_t.numpy(), w_hh_t.numpy(), bias.numpy()) for w_ih_t, w_hh_t, bias in w.layers]
+        self.embedding = w.embedding.numpy()
+        self.input_table = w.input_table.numpy() if w.input_table is not None else None
+        self.fc_w_t = w.fc_w_t.numpy() if w.fc_w_t is not None else None
+        self.fc_b, self.logits = w.fc_b.numpy(), stepper.logits.numpy()
+        self.state, self.spare = stepper.state.numpy(), stepper.spare.numpy()  # (L, N, H), swapped with the stepper's
+        self.product = np.empty_like(self.state[0])  # (N, H)
+        self.act = np.tanh if w.act_ is torch.tanh_ else _relu
+
+
+def _relu(x, out):
+    return np.maximum(x, 0, out=out)
 
 
 def prime(model: WordRNN, prompt_ids: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
