@@ -172,6 +172,25 @@ def test_disk_full_while_appending_metrics(tiny_corpus, tmp_path, monkeypatch, c
     assert [r["step"] for r in read_metrics(tmp_path / "r")] == [1, 2, 3]
 
 
+def test_an_evaluation_line_is_on_disk_before_its_checkpoints(tiny_corpus, tmp_path, monkeypatch):
+    """A kill between an evaluation's checkpoint and its metrics line would leave last.pt at a step the history
+    lacks (the resume cannot write it again): so the line goes first, whatever the checkpoint (best.pt, last.pt)."""
+    out = tmp_path / "run"
+    seen = []
+    save = trainer.Trainer.save
+
+    def checked_save(self, path):
+        rows = read_metrics(out)
+        seen.append((path.name, self.progress.step, bool(rows) and rows[-1]["step"] == self.progress.step
+                     and "valid_ppl" in rows[-1]))
+        return save(self, path)
+
+    monkeypatch.setattr(trainer.Trainer, "save", checked_save)
+    run_train(tiny_corpus, out, *SHORT)
+    assert [(name, step) for name, step, _ in seen if name == "last.pt"] == [("last.pt", 2), ("last.pt", 4)]
+    assert all(line_first for _, _, line_first in seen), seen
+
+
 def test_kill_9_mid_run_then_resume_keeps_one_history(tiny_corpus, tmp_path):
     """A real kill -9 after steps past the last checkpoint were logged: the resume rewrites those steps once."""
     out = tmp_path / "run"

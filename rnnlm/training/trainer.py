@@ -5,7 +5,9 @@
 Trainer.build() makes everything a run needs (rnnlm.training.setup), fresh or from the checkpoint it resumes.
 Trainer.loop() runs one TrainStep per batch (Trainer.train_step); every --log-every steps it writes a
 metrics.jsonl line, and every --eval-every steps (and at the end) it also measures the exact validation
-perplexity and saves last.pt and, when that improved, best.pt (Trainer.evaluate_and_save). It stops at the
+perplexity (Trainer.validate), writes that line, then saves last.pt and, when the perplexity improved, best.pt
+(Trainer.save_checkpoints): a line is on disk before any checkpoint of its step, so a crash between the two
+never leaves a checkpoint whose step the history lacks. It stops at the
 first of: --epochs done, --max-steps reached, the --time-budget used, --patience validations without a new best,
 or Ctrl-C / SIGTERM (the step finishes and last.pt is saved). Before each step the learning rate is set from the
 schedule (rnnlm.training.schedule), over the run's planned steps or the time budget's estimate.
@@ -307,20 +309,24 @@ class Trainer:
                                  refresh=False)
             train_note = f"train loss {mean:.3f} (ppl {describe_perplexity(perplexity(mean), mean, 1)}), " \
                          f"{rate:,.0f} tokens/s; "
-        if evaluate:
-            valid, improved = self.evaluate_and_save()
-            record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
-            note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
-            where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
-            oov = oov_rate(self.data.splits["valid"])
-            self.dist.say(f"{where}: {train_note}valid ppl {describe_perplexity(valid.perplexity, valid.mean_nll)} "
-                          f"(OOV {oov:.1%}){note}", write=self.bar.write, file=sys.stdout)
-        self.metrics.write(record)
+        if not evaluate:
+            self.metrics.write(record)
+            self.window.reset()
+            return
+        valid, improved = self.validate()
+        record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
+        self.metrics.write(record)  # before the checkpoints of this step (the module docstring)
         self.window.reset()
+        self.save_checkpoints(improved)
+        note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
+        where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
+        oov = oov_rate(self.data.splits["valid"])
+        self.dist.say(f"{where}: {train_note}valid ppl {describe_perplexity(valid.perplexity, valid.mean_nll)} "
+                      f"(OOV {oov:.1%}){note}", write=self.bar.write, file=sys.stdout)
 
-    def evaluate_and_save(self) -> tuple[EvalResult, bool]:
-        """(the validation, whether its perplexity is the best so far); saves best.pt if so, then last.pt.
-        NonFiniteError, before anything is saved, when the validation loss is not finite."""
+    def validate(self) -> tuple[EvalResult, bool]:
+        """(the validation, whether its perplexity is the best so far), with the run's bookkeeping of both.
+        NonFiniteError when the validation loss is not finite."""
         p = self.progress
         valid = self.dist.evaluate(self.model, self.data.splits["valid"])
         check_finite_validation(valid.mean_nll, p.step)
@@ -332,9 +338,13 @@ class Trainer:
             p.lr_scale /= PLATEAU_FACTOR
         if improved:
             p.best = ppl
+        return valid, improved
+
+    def save_checkpoints(self, improved: bool) -> None:
+        """best.pt if the validation just taken improved, then last.pt."""
+        if improved:
             self.save(self.folder.best)
         self.save(self.folder.last)
-        return valid, improved
 
     def elapsed(self) -> float:
         """Seconds of training, across resumes."""
