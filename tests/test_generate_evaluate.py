@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -348,8 +349,9 @@ def test_int8_envelope_bounds_the_exact_logits():
     for i, x in enumerate(xs):  # hidden states like the model's, one-signed, zero, huge, tiny, one spike
         up = envelope.upper_logits(x)[0].double()
         exact = x.double() @ w64.t() + b64                                       # float64 reference
-        in_fp32 = torch.addmv(envelope.bias, envelope.weight, x[0]).double()     # what the acceptance test computes
-        assert bool((up >= exact).all()) and bool((up >= in_fp32).all()), i
+        in_fp32 = torch.from_numpy(envelope.exact_logits(x, np.arange(2000))).double()  # what acceptance computes
+        in_torch = torch.addmv(envelope.bias, envelope.weight, x[0]).double()  # float32 in another order
+        assert bool((up >= exact).all()) and bool((up >= in_fp32).all()) and bool((up >= in_torch).all()), i
         if i < 4:  # not vacuous for hidden states like the model's: within ~20x of the int8 logits' actual error
             zq = torch.ops.quantized.linear_dynamic(x, envelope.packed, True)[0].double()
             assert (up - exact).max() <= 20 * (zq - exact).abs().max(), i

@@ -13,6 +13,11 @@ import warnings
 
 import torch
 
+try:
+    import numpy as np
+except ImportError:  # a GPU image may lack numpy; int8 is a CPU path (int8_envelope() then gives None)
+    np = None
+
 from rnnlm.inference.sampling import SHIFT_BELOW, draw
 
 log = logging.getLogger("rnnlm.generate")
@@ -60,16 +65,26 @@ class Int8Envelope:
         self.bound_rows = torch.stack([(weight - dequantized).abs().amax(dim=1), dequantized.abs().sum(dim=1),
                                        unit * weight.abs().sum(dim=1), unit * bias.abs()])  # (4, V)
         self.weight, self.bias = weight, bias
+        # numpy views of the same memory: a step's few small reductions and gathers cost a microsecond there
+        # against several for a torch op, and a step makes about fifteen
+        self.weight_np, self.bias_np = weight.numpy(), bias.numpy()
+        self.coefficients = torch.empty(1, 4, dtype=torch.float32)  # refilled for each row
         self.fallbacks = 0  # words drawn exactly in fp32 instead (see the class docstring)
         self.bound_exceeded = False
 
     def upper_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(1, V) float32 upper bounds of the logits of x (1, H)."""
         zq = torch.ops.quantized.linear_dynamic(x, self.packed, True)  # reduce_range: 7-bit activations
-        low, high = (float(v) for v in torch.aminmax(x))
+        xn = x.detach().numpy()
+        low, high = float(xn.min()), float(xn.max())
         step = max((max(high, 0.0) - min(low, 0.0)) / 127, self.MIN_ACTIVATION_STEP)
-        coefficients = torch.tensor([[float(x.abs().sum()), step, max(high, -low), 1.0]], dtype=torch.float32)
-        return torch.addmm(zq, coefficients, self.bound_rows)
+        l1 = float(np.abs(xn).sum(dtype=np.float64))
+        self.coefficients.numpy()[0] = (l1, step, max(high, -low), 1.0)
+        return torch.addmm(zq, self.coefficients, self.bound_rows)
+
+    def exact_logits(self, row: torch.Tensor, idx: np.ndarray) -> np.ndarray:
+        """The float32 logits of row (1, H) at the words idx (K,): the K rows of W alone."""
+        return self.weight_np[idx] @ row.detach().numpy()[0] + self.bias_np[idx]
 
     def draw(self, x: torch.Tensor, inv_temperature: float, generator: torch.Generator, out: torch.Tensor,
              banned: torch.Tensor | None = None) -> None:
@@ -100,13 +115,14 @@ class Int8Envelope:
         if banned is not None:
             up.index_fill_(0, banned, float("-inf"))
         shifted = up - up.max() if inv_temperature > 1 / SHIFT_BELOW else up  # as draw() does: no overflow at tiny T
-        cdf = torch.softmax(shifted * inv_temperature, dim=-1).cumsum_(dim=-1)
+        cdf = torch.softmax(shifted * inv_temperature, dim=-1).cumsum_(dim=-1).numpy()
+        up_np = up.numpy()
         for _ in range(self.MAX_ROUNDS):
-            u = torch.rand(2, self.PROPOSALS, generator=generator)
-            idx = torch.searchsorted(cdf, u[0] * cdf[-1], right=True).clamp_(max=cdf.numel() - 1)
-            exact = torch.addmv(self.bias[idx], self.weight[idx], row[0])      # (PROPOSALS,) float32 logits
+            u = torch.rand(2, self.PROPOSALS, generator=generator).numpy()
+            idx = np.searchsorted(cdf, u[0] * cdf[-1], side="right").clip(max=cdf.size - 1)  # as draw() does
+            exact = self.exact_logits(row, idx)                                # (PROPOSALS,) float32 logits
             # the proposals in order, as if drawn one by one: the first accepted one is the draw
-            for token, z, bound, accept_u in zip(idx.tolist(), exact.tolist(), up[idx].tolist(), u[1].tolist()):
+            for token, z, bound, accept_u in zip(idx.tolist(), exact.tolist(), up_np[idx].tolist(), u[1].tolist()):
                 log_accept = (z - bound) * inv_temperature                     # <= 0 while the bound holds
                 if log_accept > 0:
                     return _BOUND_EXCEEDED
@@ -118,6 +134,9 @@ class Int8Envelope:
 def int8_envelope(weight: torch.Tensor, bias: torch.Tensor) -> Int8Envelope | None:
     """The int8 envelope of a CPU float32 output layer, or None where fbgemm's int8 kernels cannot run."""
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or not bool(torch.isfinite(weight).all()):
+        return None
+    if np is None:
+        log.info("generate: int8 output weights need numpy; using fp16")
         return None
     if not {"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines):
         log.info("generate: int8 output weights need fbgemm (x86); using fp16")
