@@ -119,7 +119,8 @@ class Int8Envelope:
         up_np = up.numpy()
         for _ in range(self.MAX_ROUNDS):
             u = torch.rand(2, self.PROPOSALS, generator=generator).numpy()
-            idx = np.searchsorted(cdf, u[0] * cdf[-1], side="right").clip(max=cdf.size - 1)  # as draw() does
+            idx = np.searchsorted(cdf, u[0] * cdf[-1], side="right")                # as draw() does
+            np.minimum(idx, cdf.size - 1, out=idx)
             exact = self.exact_logits(row, idx)                                # (PROPOSALS,) float32 logits
             # the proposals in order, as if drawn one by one: the first accepted one is the draw
             for token, z, bound, accept_u in zip(idx.tolist(), exact.tolist(), up_np[idx].tolist(), u[1].tolist()):
