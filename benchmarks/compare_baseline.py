@@ -251,6 +251,10 @@ def _ceiling_row(metric: str, ours: float, ceiling: float | None, vs_tutorial: f
 def print_ceilings(rows: list[dict], ceilings: dict) -> None:
     gemm = ", ".join(f"{p} {g['flop_per_s'] / 1e9:,.1f} GFLOP/s ({g['by']} threads)"
                      for p, g in ceilings["gemm"].items())
+    step = ceilings.get("step_gemm")
+    if step:
+        gemm += (f"; the recurrence's sequential (B, H) x (H, H) product fp32 {step['flop_per_s'] / 1e9:,.1f} "
+                 f"GFLOP/s ({step['by']} threads)")
     bw = ceilings["bandwidth"]
     load = ceilings.get("load_average")
     print(f"\nceilings, measured in this run: GEMM at the training step's shapes {gemm}; read bandwidth "

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnlm import report as rep
 from rnnlm.errors import UsageError
@@ -382,3 +383,26 @@ def test_ceiling_columns_show_our_fraction_of_the_machine():
     assert line.endswith("| 6.4k | 50% |")  # 32 tokens in 10 ms = 3,200 tokens/s of 6,400
     plain, _ = rep.benchmarks.group_table(rep.parse_benchmarks(bench_json(), "bench.json")[0][:4])
     assert "ceiling" not in plain
+
+
+def test_training_ceiling_charges_the_sequential_products_at_their_own_throughput(monkeypatch):
+    """The recurrence's T products of (B, H) by (H, H) each way (no implementation can batch them over time) are
+    charged at the throughput measured for that shape; its other products and the output layer's at theirs."""
+    from rnnlm.report import ceilings
+
+    output, recurrence, sequential = ceilings.training_step_flops(64, 20, 10_000, 256, 512, 2)
+    n = 64 * 20
+    assert output == 6 * n * 512 * 10_000
+    assert recurrence == 6 * n * (256 + 512) * 512 + 6 * n * (512 + 512) * 512
+    assert sequential == 2 * 4 * n * 512 * 512       # forward h W_hhᵀ and backward dA W_hh, per layer
+    big = {"fp32": 2e11, "bf16": 4e11}
+    monkeypatch.setattr(ceilings, "gemm_throughput",
+                        lambda rows, h, v, dtype: {"flop_per_s": big["bf16" if dtype == torch.bfloat16 else "fp32"]})
+    monkeypatch.setattr(ceilings, "step_gemm_throughput", lambda b, h: {"flop_per_s": 5e10})
+    monkeypatch.setattr(ceilings, "read_bandwidth", lambda nbytes: {"bytes_per_s": 1e11})
+    got = ceilings.measure_ceilings(batch_size=64, seq_len=20, vocab_size=10_000, embed_size=256, hidden_size=512,
+                                    num_layers=2)
+    for precision, flop_per_s in big.items():
+        seconds = output / flop_per_s + (recurrence - sequential) / big["fp32"] + sequential / 5e10
+        assert got["train_tokens_per_s"][precision] == pytest.approx(n / seconds)
+    assert got["generate_tokens_per_s"]["fp16"] == pytest.approx(1e11 / got["generation_step_bytes"]["fp16"])

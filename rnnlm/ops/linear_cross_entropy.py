@@ -94,12 +94,12 @@ def timed_products(shape: tuple[int, int, int], dtype: torch.dtype, library: str
             gen = torch.Generator().manual_seed(0)  # not the global generator: a run's draws stay its own
             operands.extend(torch.randn(*s, generator=gen).to(dtype) for s in ((n, hdim), (v, hdim), (n, v), (v,)))
         h, w, g, b = operands
-        _mm_nt(h, w, b, onednn), _mm_nt(g, w.t(), None, onednn), _mm_nt(h.t(), g.t(), None, onednn)
+        mm_nt(h, w, b, onednn), mm_nt(g, w.t(), None, onednn), mm_nt(h.t(), g.t(), None, onednn)
 
     return products
 
 
-def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, onednn: bool) -> torch.Tensor:
+def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, onednn: bool) -> torch.Tensor:
     """a (M, K) @ b (N, K)ᵀ (+ bias (N,)) -> (M, N), on oneDNN's linear or torch's."""
     if onednn:
         return _onednn_linear()(a, b, bias, "none", [], "")
@@ -115,7 +115,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
             bc = bias.to(compute_dtype) if bias is not None else None
             onednn = _use_onednn(hc, wc)
-            logits = _mm_nt(hc, wc, bc, onednn)                            # (N, V)
+            logits = mm_nt(hc, wc, bc, onednn)                            # (N, V)
             if logits.dtype in (torch.bfloat16, torch.float16):
                 logits = logits.float()                                    # the softmax in fp32 at least
             torch._log_softmax(logits, 1, False, out=logits)               # in place
@@ -138,9 +138,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = dw = db = None
         with torch.autocast(hc.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                dh = _mm_nt(grad, wc.t(), None, ctx.onednn).to(ctx.h_dtype).mul_(scale)  # (N, V) @ (V, H)
+                dh = mm_nt(grad, wc.t(), None, ctx.onednn).to(ctx.h_dtype).mul_(scale)  # (N, V) @ (V, H)
             if ctx.needs_input_grad[1]:
-                dwt = _mm_nt(hc.t(), grad.t(), None, ctx.onednn)           # (H, N) @ (N, V) = dWᵀ
+                dwt = mm_nt(hc.t(), grad.t(), None, ctx.onednn)           # (H, N) @ (N, V) = dWᵀ
                 dw = torch.empty(dwt.shape[::-1], dtype=ctx.w_dtype, device=dwt.device)
                 torch.mul(dwt.t(), scale, out=dw)                          # transpose + scale, one pass
             if ctx.has_bias and ctx.needs_input_grad[2]:

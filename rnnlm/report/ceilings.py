@@ -5,11 +5,17 @@ A speed means little without what the machine allows: the same code runs at 2x t
 
 training (torch backend, CPU): a step is GEMMs. At (B, T, V, E, H, L), with N = B·T tokens,
     output layer   6·N·H·V      three products of 2·N·H·V: the logits, dL/dh, dL/dW (rnnlm.ops.linear_cross_entropy)
-    recurrence     Σ_l 6·N·(I_l + H)·H   forward 2·N·(I_l + H)·H (I_0 = E, I_l = H above), backward twice that
-  and the ceiling is N / (output FLOPs / GEMM throughput at that precision + recurrence FLOPs / fp32 throughput),
-  where the GEMM throughput is the output layer's three products timed at the step's H and V (and up to
-  GEMM_ROWS of its N rows; the faster of oneDNN and torch's matmul, the best thread count), in fp32 and bf16. Everything else a step does (the
-  log-softmax, Adam, the recurrence's sequential part) is left out, so 100% is out of reach by construction.
+    recurrence     Σ_l 6·N·(I_l + H)·H   forward 2·N·(I_l + H)·H (I_0 = E, I_l = H above), backward twice that,
+                   of which Σ_l 4·N·H² are sequential: h_{t-1} W_hhᵀ forward and dA_t W_hh backward, T products
+                   of (B × H) by (H × H) each, which no implementation can batch over time; the rest (the
+                   input products, dX, dW_ih, dW_hh) can be whole-sequence GEMMs
+  and the ceiling is N / (output FLOPs / GEMM throughput at that precision + the recurrence's whole-sequence FLOPs
+  / fp32 GEMM throughput + its sequential FLOPs / fp32 throughput of a (B, H) by (H, H) product), where the GEMM
+  throughput is the output layer's three products timed at the step's H and V (and up to GEMM_ROWS of its N
+  rows), in fp32 and bf16, and each throughput is the faster of oneDNN and torch's matmul at the best thread
+  count. Everything else a step does (the log-softmax, Adam, the activations) is left out, so 100% is out of
+  reach by construction. (Before 2026-11-30's second session the sequential products were charged at the
+  output layer's throughput, a ceiling that assumed B-row products run as fast as 256-row ones.)
 
 generation (one sample, torch backend, CPU): a step reads its weights once,
     output layer   V·H elements of the precision that ran (4, 2 or 1 bytes) + the fp32 bias (4·V)
@@ -35,12 +41,14 @@ GEMM_ROWS = 256  # rows the GEMMs are timed at (at most): FLOP/s hardly change p
 
 
 def training_step_flops(batch_size: int, seq_len: int, vocab_size: int, embed_size: int, hidden_size: int,
-                        num_layers: int) -> tuple[float, float]:
-    """(output layer FLOPs, recurrence FLOPs) of one training step (see the module docstring)."""
+                        num_layers: int) -> tuple[float, float, float]:
+    """(output layer FLOPs, recurrence FLOPs, the sequential part of those) of one training step (see the module
+    docstring)."""
     n, h = batch_size * seq_len, hidden_size
     output = 6.0 * n * h * vocab_size
     recurrence = sum(6.0 * n * ((embed_size if layer == 0 else h) + h) * h for layer in range(num_layers))
-    return output, recurrence
+    sequential = num_layers * 4.0 * n * h * h
+    return output, recurrence, sequential
 
 
 def generation_step_bytes(vocab_size: int, hidden_size: int, num_layers: int, precision: str) -> float:
@@ -62,6 +70,28 @@ def gemm_throughput(rows: int, hidden_size: int, vocab_size: int, dtype: torch.d
     return {"flop_per_s": 6.0 * rows * hidden_size * vocab_size / seconds[best], "by": best, "seconds": seconds}
 
 
+def step_gemm_throughput(batch_size: int, hidden_size: int) -> dict:
+    """FLOP/s of one sequential recurrence product, (B, H) by (H, H) in fp32: the best over libraries and thread
+    counts, with what reached it."""
+    operands: list = []
+
+    def product(onednn: bool):
+        def run() -> None:
+            if not operands:
+                gen = torch.Generator().manual_seed(0)
+                operands.extend(torch.randn(*s, generator=gen) for s in ((batch_size, hidden_size),
+                                                                        (hidden_size, hidden_size)))
+            lce.mm_nt(operands[0], operands[1], None, onednn)
+        return run
+
+    candidates = {f"{name}@{threads}": _on_threads(product(name == "onednn"), threads)
+                  for threads in tuning.thread_candidates() for name in lce.libraries(torch.float32)}
+    seconds = tuning.time_candidates(candidates, budget_s=0.2)
+    best = min(seconds, key=seconds.get)
+    return {"flop_per_s": 2.0 * batch_size * hidden_size * hidden_size / seconds[best], "by": best,
+            "seconds": seconds}
+
+
 def read_bandwidth(nbytes: float) -> dict:
     """Bytes/s of torch.sum over an fp32 buffer of `nbytes`: the best thread count, the fastest read."""
     buf = torch.ones(max(1, int(nbytes) // 4))
@@ -75,18 +105,21 @@ def measure_ceilings(*, batch_size: int, seq_len: int, vocab_size: int, embed_si
                      num_layers: int, with_bf16: bool = True) -> dict:
     """The machine's GEMM throughputs and read bandwidth at this model's shapes, and the ceilings they allow:
     train_tokens_per_s[precision], generate_tokens_per_s[output precision]."""
-    output, recurrence = training_step_flops(batch_size, seq_len, vocab_size, embed_size, hidden_size, num_layers)
+    output, recurrence, sequential = training_step_flops(batch_size, seq_len, vocab_size, embed_size, hidden_size,
+                                                         num_layers)
     n = batch_size * seq_len
     rows = min(n, GEMM_ROWS)
     gemm = {"fp32": gemm_throughput(rows, hidden_size, vocab_size, torch.float32)}
     if with_bf16:
         gemm["bf16"] = gemm_throughput(rows, hidden_size, vocab_size, torch.bfloat16)
-    fp32 = gemm["fp32"]["flop_per_s"]
-    train = {p: n / (output / g["flop_per_s"] + recurrence / fp32) for p, g in gemm.items()}
+    step_gemm = step_gemm_throughput(batch_size, hidden_size)
+    recurrence_s = (recurrence - sequential) / gemm["fp32"]["flop_per_s"] + sequential / step_gemm["flop_per_s"]
+    train = {p: n / (output / g["flop_per_s"] + recurrence_s) for p, g in gemm.items()}
     step_bytes = {p: generation_step_bytes(vocab_size, hidden_size, num_layers, p) for p in OUTPUT_BYTES}
     bandwidth = read_bandwidth(step_bytes["fp32"])
     generate = {p: bandwidth["bytes_per_s"] / b for p, b in step_bytes.items()}
-    return {"gemm": gemm, "bandwidth": bandwidth, "step_flops": {"output": output, "recurrence": recurrence},
+    return {"gemm": gemm, "step_gemm": step_gemm, "bandwidth": bandwidth,
+            "step_flops": {"output": output, "recurrence": recurrence, "recurrence_sequential": sequential},
             "generation_step_bytes": step_bytes, "train_tokens_per_s": train, "generate_tokens_per_s": generate,
             "cpu": tuning.cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "load_average": tuning.load_average()}
