@@ -406,3 +406,11 @@ def test_training_ceiling_charges_the_sequential_products_at_their_own_throughpu
         seconds = output / flop_per_s + (recurrence - sequential) / big["fp32"] + sequential / 5e10
         assert got["train_tokens_per_s"][precision] == pytest.approx(n / seconds)
     assert got["generate_tokens_per_s"]["fp16"] == pytest.approx(1e11 / got["generation_step_bytes"]["fp16"])
+    # two measurements of a drifting machine: each throughput the best of the two, the ceilings recomputed
+    slower = copy.deepcopy(got)
+    slower["gemm"]["fp32"]["flop_per_s"] = 1e11
+    slower["bandwidth"]["bytes_per_s"] = 2e11
+    both = ceilings.best_of([slower, got])
+    assert both["gemm"]["fp32"]["flop_per_s"] == 2e11 and both["bandwidth"]["bytes_per_s"] == 2e11
+    assert both["train_tokens_per_s"] == pytest.approx(got["train_tokens_per_s"])
+    assert both["generate_tokens_per_s"]["fp32"] == pytest.approx(2 * got["generate_tokens_per_s"]["fp32"])

@@ -105,24 +105,43 @@ def measure_ceilings(*, batch_size: int, seq_len: int, vocab_size: int, embed_si
                      num_layers: int, with_bf16: bool = True) -> dict:
     """The machine's GEMM throughputs and read bandwidth at this model's shapes, and the ceilings they allow:
     train_tokens_per_s[precision], generate_tokens_per_s[output precision]."""
-    output, recurrence, sequential = training_step_flops(batch_size, seq_len, vocab_size, embed_size, hidden_size,
-                                                         num_layers)
-    n = batch_size * seq_len
-    rows = min(n, GEMM_ROWS)
+    flops = training_step_flops(batch_size, seq_len, vocab_size, embed_size, hidden_size, num_layers)
+    rows = min(batch_size * seq_len, GEMM_ROWS)
     gemm = {"fp32": gemm_throughput(rows, hidden_size, vocab_size, torch.float32)}
     if with_bf16:
         gemm["bf16"] = gemm_throughput(rows, hidden_size, vocab_size, torch.bfloat16)
-    step_gemm = step_gemm_throughput(batch_size, hidden_size)
-    recurrence_s = (recurrence - sequential) / gemm["fp32"]["flop_per_s"] + sequential / step_gemm["flop_per_s"]
-    train = {p: n / (output / g["flop_per_s"] + recurrence_s) for p, g in gemm.items()}
     step_bytes = {p: generation_step_bytes(vocab_size, hidden_size, num_layers, p) for p in OUTPUT_BYTES}
-    bandwidth = read_bandwidth(step_bytes["fp32"])
-    generate = {p: bandwidth["bytes_per_s"] / b for p, b in step_bytes.items()}
-    return {"gemm": gemm, "step_gemm": step_gemm, "bandwidth": bandwidth,
-            "step_flops": {"output": output, "recurrence": recurrence, "recurrence_sequential": sequential},
-            "generation_step_bytes": step_bytes, "train_tokens_per_s": train, "generate_tokens_per_s": generate,
-            "cpu": tuning.cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "load_average": tuning.load_average()}
+    measured = {"gemm": gemm, "step_gemm": step_gemm_throughput(batch_size, hidden_size),
+                "bandwidth": read_bandwidth(step_bytes["fp32"]), "tokens": batch_size * seq_len,
+                "step_flops": dict(zip(("output", "recurrence", "recurrence_sequential"), flops)),
+                "generation_step_bytes": step_bytes, "cpu": tuning.cpu_name(), "cpus": os.cpu_count(),
+                "torch": torch.__version__, "load_average": tuning.load_average()}
+    return _with_ceilings(measured)
+
+
+def best_of(measurements: list[dict]) -> dict:
+    """Several measure_ceilings() results of one shape (taken at different moments of a run) as one: each
+    throughput the best measured, and the ceilings those allow. A machine whose speed drifts during a run (a
+    shared host) is then held to the best it showed, not to whichever moment one measurement happened to catch."""
+    best = max(measurements, key=lambda m: m["bandwidth"]["bytes_per_s"])
+    out = {**measurements[0], "bandwidth": best["bandwidth"], "measurements": len(measurements),
+           "load_average": max((m["load_average"] for m in measurements if m.get("load_average") is not None),
+                               default=None)}
+    out["gemm"] = {p: max((m["gemm"][p] for m in measurements), key=lambda g: g["flop_per_s"])
+                   for p in measurements[0]["gemm"]}
+    out["step_gemm"] = max((m["step_gemm"] for m in measurements), key=lambda g: g["flop_per_s"])
+    return _with_ceilings(out)
+
+
+def _with_ceilings(measured: dict) -> dict:
+    """measured plus train_tokens_per_s and generate_tokens_per_s (the module docstring's formulas)."""
+    flops, gemm = measured["step_flops"], measured["gemm"]
+    sequential = flops["recurrence_sequential"]
+    recurrence_s = ((flops["recurrence"] - sequential) / gemm["fp32"]["flop_per_s"]
+                    + sequential / measured["step_gemm"]["flop_per_s"])
+    train = {p: measured["tokens"] / (flops["output"] / g["flop_per_s"] + recurrence_s) for p, g in gemm.items()}
+    generate = {p: measured["bandwidth"]["bytes_per_s"] / b for p, b in measured["generation_step_bytes"].items()}
+    return {**measured, "train_tokens_per_s": train, "generate_tokens_per_s": generate}
 
 
 def _on_threads(fn, threads: int):
