@@ -146,6 +146,23 @@ def training_choice(model, precision, threads=1, force_bf16=False):
                                  device=torch.device("cpu"))
 
 
+def test_training_is_timed_on_the_runs_own_rows(timings, monkeypatch):
+    """The recurrence's products are (B, H) by (H, H) whatever T is, and thread scaling depends on B: the timed
+    batch has the run's B rows (this process's share) and only as many time steps as make ~TIMED_ROWS tokens."""
+    from rnnlm.training import speed
+
+    shapes = []
+    monkeypatch.setattr(speed, "_timed_step", lambda model, p, n, rows, steps, device: shapes.append((rows, steps)))
+    model = tiny_model()
+    choose_training_speed(model, "auto", batch_size=64, seq_len=20, threads=1, force_bf16=False,
+                          device=torch.device("cpu"))
+    assert set(shapes) == {(64, -(-speed.TIMED_ROWS // 64))}
+    shapes.clear()
+    choose_training_speed(model, "auto", batch_size=4, seq_len=8, threads=1, force_bf16=False,
+                          device=torch.device("cpu"))
+    assert set(shapes) == {(4, 8)}                  # never more steps than the run's own
+
+
 def test_bf16_slower_runs_fp32_and_says_so(timings, caplog):
     model = tiny_model()
     timings.update({"bf16@1": 3e-3, "fp32@1": 2e-3})

@@ -8,9 +8,12 @@
             it is not re-checked per run.
 
 Each candidate (precision, threads) runs the backend's training loss and its backward pass (rnnlm.backends;
-on the torch backend the recurrence plus the fused output layer and loss, which is most of a CPU step) on a
-batch of about TIMED_ROWS tokens at the run's model shapes, timed by rnnlm.tuning (once per machine, torch
-version and shape; cached). The optimizer and clipping are left out: they cost the same whatever is chosen.
+on the torch backend the recurrence plus the fused output layer and loss, which is most of a CPU step) at the
+run's model shapes on a batch of the run's own B rows (per process) and as few time steps as make about
+TIMED_ROWS tokens, timed by rnnlm.tuning (once per machine, torch version and shape; cached). The rows are the
+run's because the recurrence's products are (B, H) by (H, H) at every step whatever T is, and whether a second
+thread pays for them depends on B (a batch of 7 rows made 1 thread look faster than 2 for a 64-row run); the
+step's cost is linear in T, so a short one keeps the timing to a fraction of a step. The optimizer and clipping are left out: they cost the same whatever is chosen.
 The timing draws its batch from its own generator and restores the global random state and the gradients, so
 a run's results do not depend on whether the choice was timed or read from the cache.
 Nothing is timed for a backend that does not ask for it (triton: Triton's interpreter on a CPU is too slow to
@@ -34,15 +37,16 @@ TIMED_ROWS = rnnlm.ops.linear_cross_entropy.TIMED_ROWS  # tokens (B·T) timed: t
 def choose_training_speed(model, precision: str, *, batch_size: int, seq_len: int, threads: int | None,
                           force_bf16: bool, device: torch.device) -> tuple[str, int | None]:
     """(the precision that runs, "fp32" or "bf16"; torch threads or None for unchanged) for `precision` (one of
-    rnnlm.training.step.PRECISIONS) and `threads` (None: timed)."""
+    rnnlm.training.step.PRECISIONS) and `threads` (None: timed); batch_size: the rows this process trains on."""
     precisions = {"fp32": ["fp32"], "bf16": ["bf16", "fp32"], "auto": ["fp32", "bf16"]}[precision]
     if force_bf16 and precision == "bf16":
         precisions = ["bf16"]
     counts = tuning.thread_candidates(threads) if device.type == "cpu" else [threads]
     if not model.backend.timed or (len(precisions) == 1 and len(counts) == 1):
         return ("fp32" if precision == "auto" else precisions[0]), threads
-    rows = -(-TIMED_ROWS // seq_len)  # at least TIMED_ROWS tokens: the output layer's library is timed there too
-    candidates = {f"{p}@{n}": _timed_step(model, p, n, rows, seq_len, device) for p in precisions for n in counts}
+    # batch_size: this process's rows; at least TIMED_ROWS tokens (the output layer's library is timed there too)
+    steps = min(seq_len, -(-TIMED_ROWS // batch_size))
+    candidates = {f"{p}@{n}": _timed_step(model, p, n, batch_size, steps, device) for p in precisions for n in counts}
     cfg = model.config
     shape = (batch_size, seq_len, cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers,
              cfg.nonlinearity, model.backend.name)

@@ -127,9 +127,9 @@ class Trainer:
                  device, resumed: bool, dist: Distributed = Distributed()):
         self.cfg, self.folder, self.data, self.device, self.dist = cfg, folder, data, device, dist
         self.model, self.optimizer, self.progress = model, optimizer, progress
-        precision, threads = choose_training_speed(model, cfg.precision, batch_size=cfg.batch_size,
-                                                   seq_len=cfg.seq_len, threads=cfg.threads,
-                                                   force_bf16=cfg.force_bf16, device=device)
+        rows = cfg.batch_size // dist.world_size  # this process's share of the batch
+        precision, threads = choose_training_speed(model, cfg.precision, batch_size=rows, seq_len=cfg.seq_len,
+                                                   threads=cfg.threads, force_bf16=cfg.force_bf16, device=device)
         self.precision = dist.from_writer(precision)  # every process computes in rank 0's choice
         if threads is not None:
             torch.set_num_threads(threads)
