@@ -38,12 +38,12 @@ def test_generate(run_bench, model_case, tools, num_samples, benchmark):
     extra = {"output_precision": "auto (rnnlm.generate's default)"}
     if tools.device.type == "cpu" and backend == "cudnn" and num_samples == 1:  # bandwidth-bound: one ceiling
         from rnnlm import tuning
-        from rnnlm.inference.precision import TASK
+        from rnnlm.inference.precision import TASK, StepPlan
 
-        step()  # settles the choice of output precision and threads (timed once, then cached)
+        step()  # settles the choice of output precision, mat-vec library and threads (timed once, then cached)
         choice = tuning.last_choices.get(TASK)
-        precision = choice.picked.split("@")[0] if choice else "fp32"
-        extra.update(output_precision=f"auto: {precision}",
-                     ceiling_tokens_per_s=tools.ceilings(shape)["generate_tokens_per_s"][precision])
+        plan = StepPlan.parse(choice.picked) if choice else StepPlan("fp32")
+        extra.update(output_precision=f"auto: {plan.precision}", matvec=plan.matvec,
+                     ceiling_tokens_per_s=tools.ceilings(shape)["generate_tokens_per_s"][plan.precision])
     run_bench(step, backend=backend, shape=shape, tokens=length * num_samples, num_samples=num_samples,
               length=length, **extra)
