@@ -244,6 +244,7 @@ def test_generation_matvec_library_follows_the_timings(timings):
     assert gen_choice(model, "fp16", temperature=0.6) == ("fp16", 1, "numpy")  # explicit precision: library timed
     assert gen_precision.StepPlan.parse("int8/numpy@2") == ("int8", 2, "numpy")
     assert gen_precision.StepPlan("fp32", 2).name == "fp32@2"
+    assert gen_precision.StepPlan.parse(gen_precision.StepPlan("fp32").name) == ("fp32", None, "torch")
 
 
 def test_generation_candidates_respect_the_draw(timings):

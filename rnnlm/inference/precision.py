@@ -81,7 +81,7 @@ class StepPlan(NamedTuple):
     def parse(cls, name: str) -> "StepPlan":
         head, _, threads = name.partition("@")
         precision, _, matvec = head.partition("/")
-        return cls(precision, int(threads), matvec or "torch")
+        return cls(precision, None if threads in ("", "None") else int(threads), matvec or "torch")
 
     @contextlib.contextmanager
     def threads_set(self) -> Iterator[None]:

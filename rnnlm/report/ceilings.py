@@ -14,8 +14,7 @@ training (torch backend, CPU): a step is GEMMs. At (B, T, V, E, H, L), with N = 
   throughput is the output layer's three products timed at the step's H and V (and up to GEMM_ROWS of its N
   rows), in fp32 and bf16, and each throughput is the faster of oneDNN and torch's matmul at the best thread
   count. Everything else a step does (the log-softmax, Adam, the activations) is left out, so 100% is out of
-  reach by construction. (Before 2026-11-30's second session the sequential products were charged at the
-  output layer's throughput, a ceiling that assumed B-row products run as fast as 256-row ones.)
+  reach by construction.
 
 generation (one sample, torch backend, CPU): a step reads its weights once,
     output layer   V·H elements of the precision that ran (4, 2 or 1 bytes) + the fp32 bias (4·V)

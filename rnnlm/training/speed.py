@@ -13,7 +13,8 @@ run's model shapes on a batch of the run's own B rows (per process) and as few t
 TIMED_ROWS tokens, timed by rnnlm.tuning (once per machine, torch version and shape; cached). The rows are the
 run's because the recurrence's products are (B, H) by (H, H) at every step whatever T is, and whether a second
 thread pays for them depends on B (a batch of 7 rows made 1 thread look faster than 2 for a 64-row run); the
-step's cost is linear in T, so a short one keeps the timing to a fraction of a step. The optimizer and clipping are left out: they cost the same whatever is chosen.
+step's cost is linear in T, so a short one keeps the timing to a fraction of a step. The optimizer and clipping
+are left out: they cost the same whatever is chosen.
 The timing draws its batch from its own generator and restores the global random state and the gradients, so
 a run's results do not depend on whether the choice was timed or read from the cache.
 Nothing is timed for a backend that does not ask for it (triton: Triton's interpreter on a CPU is too slow to
