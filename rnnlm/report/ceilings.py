@@ -61,12 +61,8 @@ def generation_step_bytes(vocab_size: int, hidden_size: int, num_layers: int, pr
 def gemm_throughput(rows: int, hidden_size: int, vocab_size: int, dtype: torch.dtype) -> dict:
     """FLOP/s of the output layer's three products at (rows, H, V) in `dtype`: the best over libraries and thread
     counts, with what reached it."""
-    candidates = {f"{name}@{threads}": _on_threads(lce.timed_products((rows, hidden_size, vocab_size), dtype, name),
-                                                   threads)
-                  for threads in tuning.thread_candidates() for name in lce.libraries(dtype)}
-    seconds = tuning.time_candidates(candidates, budget_s=0.5)
-    best = min(seconds, key=seconds.get)
-    return {"flop_per_s": 6.0 * rows * hidden_size * vocab_size / seconds[best], "by": best, "seconds": seconds}
+    return _best_rate(6.0 * rows * hidden_size * vocab_size, dtype, 0.5,
+                      lambda library: lce.timed_products((rows, hidden_size, vocab_size), dtype, library))
 
 
 def step_gemm_throughput(batch_size: int, hidden_size: int) -> dict:
@@ -74,21 +70,26 @@ def step_gemm_throughput(batch_size: int, hidden_size: int) -> dict:
     counts, with what reached it."""
     operands: list = []
 
-    def product(onednn: bool):
+    def product(library: str):
         def run() -> None:
             if not operands:
                 gen = torch.Generator().manual_seed(0)
                 operands.extend(torch.randn(*s, generator=gen) for s in ((batch_size, hidden_size),
                                                                         (hidden_size, hidden_size)))
-            lce.mm_nt(operands[0], operands[1], None, onednn)
+            lce.mm_nt(operands[0], operands[1], None, library == "onednn")
         return run
 
-    candidates = {f"{name}@{threads}": _on_threads(product(name == "onednn"), threads)
-                  for threads in tuning.thread_candidates() for name in lce.libraries(torch.float32)}
-    seconds = tuning.time_candidates(candidates, budget_s=0.2)
+    return _best_rate(2.0 * batch_size * hidden_size * hidden_size, torch.float32, 0.2, product)
+
+
+def _best_rate(flops: float, dtype: torch.dtype, budget_s: float, work) -> dict:
+    """flops / the fastest of work(library) (a callable) on each library of lce.libraries(dtype) and each thread
+    count: {"flop_per_s", "by" (library@threads), "seconds" (of each)}."""
+    candidates = {f"{name}@{threads}": _on_threads(work(name), threads)
+                  for threads in tuning.thread_candidates() for name in lce.libraries(dtype)}
+    seconds = tuning.time_candidates(candidates, budget_s=budget_s)
     best = min(seconds, key=seconds.get)
-    return {"flop_per_s": 2.0 * batch_size * hidden_size * hidden_size / seconds[best], "by": best,
-            "seconds": seconds}
+    return {"flop_per_s": flops / seconds[best], "by": best, "seconds": seconds}
 
 
 def read_bandwidth(nbytes: float) -> dict:

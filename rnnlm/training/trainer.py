@@ -309,14 +309,13 @@ class Trainer:
                                  refresh=False)
             train_note = f"train loss {mean:.3f} (ppl {describe_perplexity(perplexity(mean), mean, 1)}), " \
                          f"{rate:,.0f} tokens/s; "
-        if not evaluate:
-            self.metrics.write(record)
-            self.window.reset()
-            return
-        valid, improved = self.validate()
-        record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
+        if evaluate:
+            valid, improved = self.validate()
+            record.update(valid_ppl=valid.perplexity, valid_loss=valid.mean_nll)
         self.metrics.write(record)  # before the checkpoints of this step (the module docstring)
         self.window.reset()
+        if not evaluate:
+            return
         self.save_checkpoints(improved)
         note = " (best so far, saved best.pt)" if improved else f" (best {p.best:.2f})"
         where = f"step {p.step} (epoch {p.epoch + 1 if in_epoch else p.epoch})"
