@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rnnlm.report.ceilings import PAIRED_ROUNDS
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "compare_baseline.py"
@@ -62,6 +65,12 @@ def test_compare_baseline_writes_every_row(tiny_corpus, tmp_path):
         assert r["ceiling"] == pytest.approx(ceilings[kind][ran[name]])
         assert r["fraction"] == pytest.approx(r["ours"] / r["ceiling"])
         assert r["vs_tutorial"] == pytest.approx(rows[f"{name} tokens/s"]["ratio"])
+        # paired: our unit and the ceiling's work for it in turn, round after round; the target judged on it
+        paired = r["paired"]
+        assert len(paired["fractions"]) == PAIRED_ROUNDS and paired["fractions"] == sorted(paired["fractions"])
+        assert paired["fraction"] == pytest.approx(statistics.median(paired["fractions"])) and paired["fraction"] > 0
+        assert r["pass"] is (paired["fraction"] >= (0.7 if name == "generate" else 0.9))
+    assert "paired fraction" in done.stdout
 
 
 def test_compare_baseline_missing_baseline_is_one_line(tmp_path):

@@ -414,3 +414,62 @@ def test_training_ceiling_charges_the_sequential_products_at_their_own_throughpu
     assert both["gemm"]["fp32"]["flop_per_s"] == 2e11 and both["bandwidth"]["bytes_per_s"] == 2e11
     assert both["train_tokens_per_s"] == pytest.approx(got["train_tokens_per_s"])
     assert both["generate_tokens_per_s"]["fp32"] == pytest.approx(2 * got["generate_tokens_per_s"]["fp32"])
+
+
+def test_paired_fraction_takes_the_hosts_drift_out(monkeypatch):
+    """Each round times one unit of ours and then asks the ceiling for that unit, in turn (one untimed call of ours
+    first); the fraction is the median of the rounds' ratios, so a machine that slows down 3x between rounds (both
+    sides alike) leaves it where it is, while a run-long average against the best moment's ceiling would not."""
+    from rnnlm.report import ceilings
+
+    clock, calls = [0.0], []
+    speed = iter([1.0, 1.0, 3.0, 1.5, 2.0, 1.0])  # the host's slowdown in each call of ours (warm-up first)
+    slowdown = [1.0]
+    monkeypatch.setattr(ceilings.time, "perf_counter", lambda: clock[0])
+
+    def ours():
+        slowdown[0] = next(speed)
+        calls.append("ours")
+        clock[0] += 0.010 * slowdown[0]          # 10 ms a unit on a quiet host
+
+    def allowed_s():
+        calls.append("ceiling")
+        return 0.008 * slowdown[0]                # the ceiling allows 8 ms, and slows down with the host
+
+    got = ceilings.paired_fraction(ours, allowed_s, rounds=5)
+    assert calls == ["ours"] + ["ours", "ceiling"] * 5
+    assert got["fraction"] == pytest.approx(0.8) and got["fractions"] == pytest.approx([0.8] * 5)
+    assert got["ours_s"] == pytest.approx(0.015) and got["allowed_s"] == pytest.approx(0.012)
+    # unpaired, the same rounds read 47%: the quiet moment's ceiling (8 ms) over the rounds' mean (17 ms)
+    assert 0.008 / (sum([0.010, 0.030, 0.015, 0.020, 0.010]) / 5) == pytest.approx(0.47, abs=0.005)
+
+
+def test_remeasurer_times_the_winners_again_and_recomputes_the_ceilings(monkeypatch):
+    """A round's ceilings: the winning library at its thread count, timed anew; only the part that bounds the unit
+    (GEMMs for a training step, bandwidth for generation) changes, and the ceilings follow the same formulas."""
+    from rnnlm import tuning
+    from rnnlm.report import ceilings
+
+    shape = dict(batch_size=4, seq_len=5, vocab_size=300, embed_size=16, hidden_size=32, num_layers=2)
+    full = ceilings.measure_ceilings(**shape)
+    assert full["shape"] == shape and full["gemm"]["fp32"]["flops"] == 6.0 * 20 * 32 * 300
+    threads = []
+    real = tuning.torch_threads
+    monkeypatch.setattr(tuning, "torch_threads", lambda n: (threads.append(n), real(n))[1])
+    monkeypatch.setattr(ceilings, "_fastest", lambda fn, calls: (fn(), 1e-3)[1])  # every timed work: 1 ms
+    train = ceilings.remeasurer(full, "train")()
+    winners = [*full["gemm"].values(), full["step_gemm"]]
+    assert threads and set(threads) == {int(g["by"].split("@")[1]) for g in winners}   # the winners' threads
+    for precision, g in train["gemm"].items():
+        assert g["flop_per_s"] == pytest.approx(full["gemm"][precision]["flops"] / 1e-3)
+    assert train["step_gemm"]["flop_per_s"] == pytest.approx(full["step_gemm"]["flops"] / 1e-3)
+    assert train["bandwidth"] == full["bandwidth"] and train["generate_tokens_per_s"] == full["generate_tokens_per_s"]
+    assert train["train_tokens_per_s"] == pytest.approx(ceilings._with_ceilings(train)["train_tokens_per_s"])
+    assert train["train_tokens_per_s"] != pytest.approx(full["train_tokens_per_s"])
+    gen = ceilings.remeasurer(full, "generate")()
+    assert gen["gemm"] == full["gemm"] and gen["train_tokens_per_s"] == full["train_tokens_per_s"]
+    assert gen["bandwidth"]["bytes_per_s"] == pytest.approx(full["bandwidth"]["bytes"] / 1e-3)
+    assert gen["generate_tokens_per_s"]["int8"] == pytest.approx(
+        full["bandwidth"]["bytes"] / 1e-3 / full["generation_step_bytes"]["int8"])
+    with pytest.raises(ValueError, match="'train' or 'generate'"):
+        ceilings.remeasurer(full, "evaluate")

@@ -110,15 +110,16 @@ def choose_generation_step(model, hidden: torch.Tensor, sampling: Sampling, requ
     plans = [StepPlan(p, n, lib) for p in precisions for lib in libraries for n in counts]
     if len(plans) == 1 or not model.backend.timed:
         return default._replace(threads=threads)
-    candidates = {plan.name: _timed_step(model, hidden, sampling, plan) for plan in plans}
+    candidates = {plan.name: decoding_burst(model, hidden, sampling, plan) for plan in plans}
     cfg = model.config
     shape = (cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.num_layers, num_samples,
              f"T={sampling.effective_temperature:.2g}" if not sampling.greedy else "greedy", sampling.filtered)
     return StepPlan.parse(tuning.choose(TASK, shape, candidates, default=default.name).picked)
 
 
-def _timed_step(model, hidden: torch.Tensor, sampling: Sampling, plan: StepPlan):
-    """TIMED_BURST decoding steps in a row as `plan` says, as a callable; the decoder is built on the first call."""
+def decoding_burst(model, hidden: torch.Tensor, sampling: Sampling, plan: StepPlan):
+    """TIMED_BURST decoding steps in a row as `plan` says, as a callable; the decoder is built on the first call.
+    (What the choice times for each plan, and what benchmarks/compare_baseline.py pairs with the bandwidth ceiling.)"""
     state: dict = {}
 
     def step() -> None:

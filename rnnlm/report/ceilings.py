@@ -25,10 +25,19 @@ generation (one sample, torch backend, CPU): a step reads its weights once,
 
 Each figure is the fastest of a few timed calls after a warm-up (rnnlm.tuning.time_candidates), so on a busy
 machine they are what the machine gave when it was least disturbed; say the load when quoting them.
+
+A fraction of a ceiling divides two timings, and on a shared host the machine's speed drifts between them (the
+same GEMM ran at 138 to 186 GFLOP/s within an hour here). paired_fraction takes the drift out the way interleaved
+benchmarks do (Google Benchmark's random interleaving; paired A/B comparisons): round after round it times one
+unit of our work (a training step, a burst of generation steps) and at once measures the ceiling again for that
+unit (remeasure: the winners of a full measurement, timed anew), and reports the median of the per-round ratios.
 """
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from typing import Callable
 
 import torch
 
@@ -37,6 +46,8 @@ from rnnlm.ops import linear_cross_entropy as lce
 
 OUTPUT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 GEMM_ROWS = 256  # rows the GEMMs are timed at (at most): FLOP/s hardly change past a few hundred, time does
+PAIRED_ROUNDS = 9
+REMEASURE_CALLS = 3  # timed calls of each winner per round (the fastest counts), after one untimed
 
 
 def training_step_flops(batch_size: int, seq_len: int, vocab_size: int, embed_size: int, hidden_size: int,
@@ -62,12 +73,21 @@ def gemm_throughput(rows: int, hidden_size: int, vocab_size: int, dtype: torch.d
     """FLOP/s of the output layer's three products at (rows, H, V) in `dtype`: the best over libraries and thread
     counts, with what reached it."""
     return _best_rate(6.0 * rows * hidden_size * vocab_size, dtype, 0.5,
-                      lambda library: lce.timed_products((rows, hidden_size, vocab_size), dtype, library))
+                      _gemm_work(rows, hidden_size, vocab_size, dtype))
 
 
 def step_gemm_throughput(batch_size: int, hidden_size: int) -> dict:
     """FLOP/s of one sequential recurrence product, (B, H) by (H, H) in fp32: the best over libraries and thread
     counts, with what reached it."""
+    return _best_rate(2.0 * batch_size * hidden_size * hidden_size, torch.float32, 0.2,
+                      _step_gemm_work(batch_size, hidden_size))
+
+
+def _gemm_work(rows: int, hidden_size: int, vocab_size: int, dtype: torch.dtype):
+    return lambda library: lce.timed_products((rows, hidden_size, vocab_size), dtype, library)
+
+
+def _step_gemm_work(batch_size: int, hidden_size: int):
     operands: list = []
 
     def product(library: str):
@@ -79,17 +99,17 @@ def step_gemm_throughput(batch_size: int, hidden_size: int) -> dict:
             lce.mm_nt(operands[0], operands[1], None, library == "onednn")
         return run
 
-    return _best_rate(2.0 * batch_size * hidden_size * hidden_size, torch.float32, 0.2, product)
+    return product
 
 
 def _best_rate(flops: float, dtype: torch.dtype, budget_s: float, work) -> dict:
     """flops / the fastest of work(library) (a callable) on each library of lce.libraries(dtype) and each thread
-    count: {"flop_per_s", "by" (library@threads), "seconds" (of each)}."""
+    count: {"flop_per_s", "by" (library@threads), "seconds" (of each), "flops"}."""
     candidates = {f"{name}@{threads}": _on_threads(work(name), threads)
                   for threads in tuning.thread_candidates() for name in lce.libraries(dtype)}
     seconds = tuning.time_candidates(candidates, budget_s=budget_s)
     best = min(seconds, key=seconds.get)
-    return {"flop_per_s": flops / seconds[best], "by": best, "seconds": seconds}
+    return {"flop_per_s": flops / seconds[best], "by": best, "seconds": seconds, "flops": flops}
 
 
 def read_bandwidth(nbytes: float) -> dict:
@@ -111,7 +131,9 @@ def measure_ceilings(*, batch_size: int, seq_len: int, vocab_size: int, embed_si
     if with_bf16:
         gemm["bf16"] = gemm_throughput(rows, hidden_size, vocab_size, torch.bfloat16)
     step_bytes = {p: generation_step_bytes(vocab_size, hidden_size, num_layers, p) for p in OUTPUT_BYTES}
-    measured = {"gemm": gemm, "step_gemm": step_gemm_throughput(batch_size, hidden_size),
+    shape = {"batch_size": batch_size, "seq_len": seq_len, "vocab_size": vocab_size, "embed_size": embed_size,
+             "hidden_size": hidden_size, "num_layers": num_layers}
+    measured = {"shape": shape, "gemm": gemm, "step_gemm": step_gemm_throughput(batch_size, hidden_size),
                 "bandwidth": read_bandwidth(step_bytes["fp32"]), "tokens": batch_size * seq_len,
                 "step_flops": dict(zip(("output", "recurrence", "recurrence_sequential"), flops)),
                 "generation_step_bytes": step_bytes, "cpu": tuning.cpu_name(), "cpus": os.cpu_count(),
@@ -131,6 +153,74 @@ def best_of(measurements: list[dict]) -> dict:
                    for p in measurements[0]["gemm"]}
     out["step_gemm"] = max((m["step_gemm"] for m in measurements), key=lambda g: g["flop_per_s"])
     return _with_ceilings(out)
+
+
+def remeasurer(ceilings: dict, what: str) -> Callable[[], dict]:
+    """A callable that measures again, now, the part of `ceilings` (a measure_ceilings or best_of result) that
+    bounds `what` ("train": the GEMM throughputs; "generate": the read bandwidth) on the library and thread count
+    that won there, each the fastest of REMEASURE_CALLS calls, and returns `ceilings` with those figures and the
+    ceilings they allow: what one round of paired_fraction compares with."""
+    shape = ceilings["shape"]
+    if what == "train":
+        rows = min(shape["batch_size"] * shape["seq_len"], GEMM_ROWS)
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+        works = {("gemm", p): (_by(g["by"], _gemm_work(rows, shape["hidden_size"], shape["vocab_size"], dtypes[p])),
+                               g["flops"]) for p, g in ceilings["gemm"].items()}
+        step = ceilings["step_gemm"]
+        works[("step_gemm", None)] = (_by(step["by"], _step_gemm_work(shape["batch_size"], shape["hidden_size"])),
+                                      step["flops"])
+    elif what == "generate":
+        bw = ceilings["bandwidth"]
+        buf = torch.ones(bw["bytes"] // 4)
+        works = {("bandwidth", None): (_by(bw["by"], lambda _: buf.sum), bw["bytes"])}
+    else:
+        raise ValueError(f"what must be 'train' or 'generate', got {what!r}")
+
+    def measure() -> dict:
+        out = {**ceilings, "gemm": dict(ceilings["gemm"])}
+        for (part, precision), (fn, amount) in works.items():
+            rate = amount / _fastest(fn, REMEASURE_CALLS)
+            if part == "gemm":
+                out["gemm"][precision] = {**out["gemm"][precision], "flop_per_s": rate}
+            else:
+                out[part] = {**out[part], "bytes_per_s" if part == "bandwidth" else "flop_per_s": rate}
+        return _with_ceilings(out)
+
+    return measure
+
+
+def paired_fraction(ours: Callable[[], object], allowed_s: Callable[[], float],
+                    rounds: int = PAIRED_ROUNDS) -> dict:
+    """Our fraction of a ceiling with the host's drift taken out (module docstring): `rounds` times, one timed call
+    of ours() (a unit of our work; one untimed call first) and at once allowed_s(), the seconds the ceiling allows
+    that unit, measured anew. {"fraction": the median of allowed / ours over the rounds, "fractions" (sorted),
+    "ours_s", "allowed_s" (medians), "rounds"}."""
+    ours()
+    took, allowed = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ours()
+        took.append(time.perf_counter() - t0)
+        allowed.append(allowed_s())
+    fractions = sorted(a / t for a, t in zip(allowed, took))
+    return {"fraction": statistics.median(fractions), "fractions": fractions, "ours_s": statistics.median(took),
+            "allowed_s": statistics.median(allowed), "rounds": rounds}
+
+
+def _fastest(fn, calls: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _by(by: str, work):
+    """work(library) on the thread count of a "library@threads" name."""
+    library, threads = by.rsplit("@", 1)
+    return _on_threads(work(library), int(threads))
 
 
 def _with_ceilings(measured: dict) -> dict:
