@@ -45,6 +45,24 @@ def test_linear_cross_entropy_bf16_close_to_fp32():
     assert torch.nn.functional.cosine_similarity(w.grad.flatten(), dw.flatten(), dim=0) > 0.99
 
 
+def test_linear_cross_entropy_bf16_bias_gradient_sums_the_fp32_softmax():
+    """Under bf16 the products take G rounded to bf16, but the bias gradient sums the fp32 G (softmax of the bf16
+    logits, less the targets' one-hots): what autograd gives for those logits, to fp32 rounding."""
+    from rnnlm.ops import linear_cross_entropy as lce
+
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(256, 64, generator=gen)
+    w = torch.randn(500, 64, generator=gen) * 0.2
+    b = torch.randn(500, generator=gen, requires_grad=True)
+    y = torch.randint(0, 500, (256,), generator=gen)
+    linear_cross_entropy(h, w, b, y, compute_dtype=torch.bfloat16).backward()
+    hq, wq, bq = h.bfloat16(), w.bfloat16(), b.detach().bfloat16()
+    z = lce.mm_nt(hq, wq, bq, lce._use_onednn(hq, wq)).float().requires_grad_()   # the same bf16 logits
+    torch.nn.functional.cross_entropy(z, y).backward()
+    assert b.grad.dtype == torch.float32
+    torch.testing.assert_close(b.grad, z.grad.sum(0), rtol=1e-5, atol=1e-8)
+
+
 def test_linear_cross_entropy_tied_weights_accumulate():
     """The same matrix as input embedding and output layer: both gradients add up."""
     gen = torch.Generator().manual_seed(1)

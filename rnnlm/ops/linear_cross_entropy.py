@@ -9,8 +9,10 @@ is N · dloss/dlogits, kept for the backward pass:
               z <- log_softmax(z)               in place, fp32 at least
               loss = −mean_i z[i, y_i]
               G = exp(z) − onehot(y)            in place (G[i, y_i] gathered, less 1, written back: no
-                                                scatter_add_, which has no fast deterministic CUDA kernel),
-                                                then cast to compute_dtype
+                                                scatter_add_, which has no fast deterministic CUDA kernel)
+              Σ_i G_i                           for the bias, from the fp32 G (a bf16 G summed in fp32 would
+                                                first be copied whole to fp32: a pass over (N, V) more)
+              G                                 cast to compute_dtype
     backward  with g = upstream / N: dh = g · G W,  dW = g · Gᵀ h,  db = g · Σ_i G_i
 
 The three products run on oneDNN's linear or on torch's matmul (MKL), whichever is faster on this machine at
@@ -124,16 +126,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss = picked.sum().neg_().div_(h.shape[0])
             grad = logits.exp_()                                           # softmax, in place
             grad.scatter_(1, idx, grad.gather(1, idx).sub_(1.0))           # - onehot (one target per row)
+            grad_sum = grad.sum(0) if bias is not None and ctx.needs_input_grad[2] else None  # (V,) Σ_i G_i
             if grad.dtype != compute_dtype:
                 grad = grad.to(compute_dtype)
-        ctx.save_for_backward(hc, wc, grad)
-        ctx.has_bias, ctx.onednn = bias is not None, onednn
+        ctx.save_for_backward(hc, wc, grad, grad_sum)
+        ctx.onednn = onednn
         ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hc, wc, grad = ctx.saved_tensors
+        hc, wc, grad, grad_sum = ctx.saved_tensors
         scale = grad_loss / hc.shape[0]
         dh = dw = db = None
         with torch.autocast(hc.device.type, enabled=False):
@@ -143,9 +146,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 dwt = mm_nt(hc.t(), grad.t(), None, ctx.onednn)           # (H, N) @ (N, V) = dWᵀ
                 dw = torch.empty(dwt.shape[::-1], dtype=ctx.w_dtype, device=dwt.device)
                 torch.mul(dwt.t(), scale, out=dw)                          # transpose + scale, one pass
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                acc = torch.float32 if grad.dtype in (torch.bfloat16, torch.float16) else grad.dtype
-                db = grad.sum(0, dtype=acc).mul_(scale).to(ctx.w_dtype)
+            if grad_sum is not None:
+                db = grad_sum.mul(scale).to(ctx.w_dtype)
         return dh, dw, db, None, None
 
 
