@@ -456,7 +456,8 @@ def test_remeasurer_times_the_winners_again_and_recomputes_the_ceilings(monkeypa
     threads = []
     real = tuning.torch_threads
     monkeypatch.setattr(tuning, "torch_threads", lambda n: (threads.append(n), real(n))[1])
-    monkeypatch.setattr(ceilings, "_fastest", lambda fn, calls: (fn(), 1e-3)[1])  # every timed work: 1 ms
+    monkeypatch.setattr(tuning, "time_candidates",                                 # every timed work: 1 ms
+                        lambda candidates, budget_s: {k: (fn(), 1e-3)[1] for k, fn in candidates.items()})
     train = ceilings.remeasurer(full, "train")()
     winners = [*full["gemm"].values(), full["step_gemm"]]
     assert threads and set(threads) == {int(g["by"].split("@")[1]) for g in winners}   # the winners' threads

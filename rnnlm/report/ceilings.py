@@ -30,7 +30,7 @@ A fraction of a ceiling divides two timings, and on a shared host the machine's 
 same GEMM ran at 138 to 186 GFLOP/s within an hour here). paired_fraction takes the drift out the way interleaved
 benchmarks do (Google Benchmark's random interleaving; paired A/B comparisons): round after round it times one
 unit of our work (a training step, a burst of generation steps) and at once measures the ceiling again for that
-unit (remeasure: the winners of a full measurement, timed anew), and reports the median of the per-round ratios.
+unit (remeasurer: the winners of a full measurement, timed anew), and reports the median of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ from rnnlm.ops import linear_cross_entropy as lce
 OUTPUT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 GEMM_ROWS = 256  # rows the GEMMs are timed at (at most): FLOP/s hardly change past a few hundred, time does
 PAIRED_ROUNDS = 9
-REMEASURE_CALLS = 3  # timed calls of each winner per round (the fastest counts), after one untimed
 
 
 def training_step_flops(batch_size: int, seq_len: int, vocab_size: int, embed_size: int, hidden_size: int,
@@ -158,7 +157,7 @@ def best_of(measurements: list[dict]) -> dict:
 def remeasurer(ceilings: dict, what: str) -> Callable[[], dict]:
     """A callable that measures again, now, the part of `ceilings` (a measure_ceilings or best_of result) that
     bounds `what` ("train": the GEMM throughputs; "generate": the read bandwidth) on the library and thread count
-    that won there, each the fastest of REMEASURE_CALLS calls, and returns `ceilings` with those figures and the
+    that won there, each the fastest of a few calls (rnnlm.tuning.time_candidates), and returns `ceilings` with those figures and the
     ceilings they allow: what one round of paired_fraction compares with."""
     shape = ceilings["shape"]
     if what == "train":
@@ -179,7 +178,7 @@ def remeasurer(ceilings: dict, what: str) -> Callable[[], dict]:
     def measure() -> dict:
         out = {**ceilings, "gemm": dict(ceilings["gemm"])}
         for (part, precision), (fn, amount) in works.items():
-            rate = amount / _fastest(fn, REMEASURE_CALLS)
+            rate = amount / tuning.time_candidates({part: fn}, budget_s=0.0)[part]
             if part == "gemm":
                 out["gemm"][precision] = {**out["gemm"][precision], "flop_per_s": rate}
             else:
@@ -205,16 +204,6 @@ def paired_fraction(ours: Callable[[], object], allowed_s: Callable[[], float],
     fractions = sorted(a / t for a, t in zip(allowed, took))
     return {"fraction": statistics.median(fractions), "fractions": fractions, "ours_s": statistics.median(took),
             "allowed_s": statistics.median(allowed), "rounds": rounds}
-
-
-def _fastest(fn, calls: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _by(by: str, work):
