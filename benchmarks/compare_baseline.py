@@ -162,8 +162,9 @@ def measure_paired(checkpoint: str, runs_json: str) -> dict:
     the shapes of the checkpoint's model and training: for each training run in runs_json ({name: [precision ran,
     threads]}), a training step as the CLI runs it (rnnlm.training.step.TrainStep: loss, backward, clipping,
     fused AdamW) against the GEMM ceiling of that precision; for "generate" ([output precision, plan name]), a
-    burst of the plan's decoding steps (as rnnlm.tuning times it) against the bandwidth ceiling; each round
-    against the ceilings measured anew."""
+    burst of the plan's decoding steps (as rnnlm.tuning times it, from the state after <unk>: the prompt 你好 is
+    out of the vocabulary) against the bandwidth ceiling; each round against the ceilings measured anew. Each
+    entry loads the checkpoint afresh, so that no entry times a model another one's optimizer steps changed."""
     import torch
 
     import rnnlm
@@ -177,15 +178,16 @@ def measure_paired(checkpoint: str, runs_json: str) -> dict:
     keep_freed_memory()  # as the CLI's training process does
     full = measure_ceilings(checkpoint)
     cfg = torch.load(checkpoint, map_location="cpu", weights_only=False)["train_config"]
-    model = rnnlm.load(checkpoint, backend="torch", device="cpu").model
     tokens, cpu = full["tokens"], torch.device("cpu")
     out = {"ceilings": full}
     for name, (precision, value) in json.loads(runs_json).items():
+        lm = rnnlm.load(checkpoint, backend="torch", device="cpu")
+        model = lm.model
         if name == "generate":
             sampling, plan = Sampling(temperature=0.8), StepPlan.parse(value)
             model.eval()
             with torch.inference_mode():
-                hidden = prime(model, [0], cpu)[1]
+                hidden = prime(model, [lm.vocab.unk_id], cpu)[1]
             ours = decoding_burst(model, hidden, sampling, plan)
             per = C.remeasurer(full, "generate")
             with torch.inference_mode():
