@@ -12,8 +12,9 @@ copies are cached per model until its parameters change.
 
 The mat-vecs can also run through numpy (matvec="numpy": its BLAS, OpenBLAS in numpy's wheels) on the same
 buffers, which share memory with the torch tensors: torch's BLAS for a one-row product can be much slower than
-OpenBLAS's (or faster: it depends on the CPU and the libraries' builds), so rnnlm.inference.precision times both. Only the products and the
-activations move; the fp16 and int8 output layers stay fbgemm's, and the draw stays torch's.
+OpenBLAS's (or faster: it depends on the CPU and the libraries' builds), so rnnlm.inference.precision times both.
+Only the products and the activations move; the fp16 and int8 output layers stay fbgemm's, and the draw stays
+torch's.
 
 `prime` reads a prompt once before stepping (both backends).
 """

@@ -157,8 +157,8 @@ def best_of(measurements: list[dict]) -> dict:
 def remeasurer(ceilings: dict, what: str) -> Callable[[], dict]:
     """A callable that measures again, now, the part of `ceilings` (a measure_ceilings or best_of result) that
     bounds `what` ("train": the GEMM throughputs; "generate": the read bandwidth) on the library and thread count
-    that won there, each the fastest of a few calls (rnnlm.tuning.time_candidates), and returns `ceilings` with those figures and the
-    ceilings they allow: what one round of paired_fraction compares with."""
+    that won there, each the fastest of a few calls (rnnlm.tuning.time_candidates), and returns `ceilings` with
+    those figures and the ceilings they allow: what one round of paired_fraction compares with."""
     shape = ceilings["shape"]
     if what == "train":
         rows = min(shape["batch_size"] * shape["seq_len"], GEMM_ROWS)
